@@ -1,0 +1,103 @@
+"""Causal multi-head attention with TransformerLens-layout weights and a fused path."""
+
+import math
+
+import einops
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from blocks.config import TransformerConfig
+from scratchnn import HookPoint
+
+
+class Attention(nn.Module):
+    """Causal self-attention. Weights: W_Q/W_K/W_V [n_heads, d_model, d_head], W_O [n_heads, d_head, d_model].
+
+    When nobody listens to `hook_attn_scores` or `hook_pattern`, the pattern is never
+    materialised and the heads run through scaled_dot_product_attention; `hook_result`
+    (each head's write to the residual stream) is computed only when someone listens.
+    """
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        h, d, e = cfg.n_heads, cfg.d_model, cfg.d_head
+        self.W_Q = nn.Parameter(torch.empty(h, d, e))
+        self.W_K = nn.Parameter(torch.empty(h, d, e))
+        self.W_V = nn.Parameter(torch.empty(h, d, e))
+        self.W_O = nn.Parameter(torch.empty(h, e, d))
+        self.b_Q = nn.Parameter(torch.empty(h, e))
+        self.b_K = nn.Parameter(torch.empty(h, e))
+        self.b_V = nn.Parameter(torch.empty(h, e))
+        self.b_O = nn.Parameter(torch.empty(d))
+        causal = torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool).tril()
+        self.register_buffer("causal_mask", causal, persistent=False)
+
+        self.hook_q = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_k = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_v = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_attn_scores = HookPoint()  # [batch, n_heads, query_pos, key_pos]
+        self.hook_pattern = HookPoint()  # [batch, n_heads, query_pos, key_pos]
+        self.hook_z = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_result = HookPoint()  # [batch, pos, n_heads, d_model]
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for w in (self.W_Q, self.W_K, self.W_V, self.W_O):
+            nn.init.normal_(w, std=self.cfg.init_range)
+        for b in (self.b_Q, self.b_K, self.b_V, self.b_O):
+            nn.init.zeros_(b)
+
+    def _project(
+        self, x_qk: Float[Tensor, "batch pos d_model"], x_v: Float[Tensor, "batch pos d_model"]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        if x_qk is x_v:  # one matmul for all three projections
+            w = einops.rearrange(
+                torch.stack([self.W_Q, self.W_K, self.W_V]), "three n_heads d_model d_head -> d_model (three n_heads d_head)"
+            )
+            b = einops.rearrange(torch.stack([self.b_Q, self.b_K, self.b_V]), "three n_heads d_head -> (three n_heads d_head)")
+            qkv = (x_qk @ w + b).unflatten(-1, (3, self.cfg.n_heads, self.cfg.d_head))
+            return qkv.unbind(-3)
+        w_qk = einops.rearrange(torch.stack([self.W_Q, self.W_K]), "two n_heads d_model d_head -> d_model (two n_heads d_head)")
+        b_qk = einops.rearrange(torch.stack([self.b_Q, self.b_K]), "two n_heads d_head -> (two n_heads d_head)")
+        q, k = (x_qk @ w_qk + b_qk).unflatten(-1, (2, self.cfg.n_heads, self.cfg.d_head)).unbind(-3)
+        w_v = einops.rearrange(self.W_V, "n_heads d_model d_head -> d_model (n_heads d_head)")
+        v = (x_v @ w_v + self.b_V.flatten()).unflatten(-1, (self.cfg.n_heads, self.cfg.d_head))
+        return q, k, v
+
+    def forward(
+        self, x_qk: Float[Tensor, "batch pos d_model"], x_v: Float[Tensor, "batch pos d_model"]
+    ) -> Float[Tensor, "batch pos d_model"]:
+        q, k, v = self._project(x_qk, x_v)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        if self.hook_attn_scores.is_listened() or self.hook_pattern.is_listened():
+            z = self._explicit(q, k, v)
+        else:
+            z = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+            ).transpose(1, 2)
+        z = self.hook_z(z)
+        if self.hook_result.is_listened():
+            result = self.hook_result(
+                einops.einsum(z, self.W_O, "batch pos n_heads d_head, n_heads d_head d_model -> batch pos n_heads d_model")
+            )
+            return result.sum(-2) + self.b_O
+        return z.flatten(-2) @ self.W_O.flatten(0, 1) + self.b_O
+
+    def _explicit(
+        self,
+        q: Float[Tensor, "batch pos n_heads d_head"],
+        k: Float[Tensor, "batch pos n_heads d_head"],
+        v: Float[Tensor, "batch pos n_heads d_head"],
+    ) -> Float[Tensor, "batch pos n_heads d_head"]:
+        n = q.shape[1]
+        scores = einops.einsum(
+            q, k, "batch query_pos n_heads d_head, batch key_pos n_heads d_head -> batch n_heads query_pos key_pos"
+        ) / math.sqrt(self.cfg.d_head)
+        scores = self.hook_attn_scores(scores.masked_fill(~self.causal_mask[:n, :n], float("-inf")))
+        pattern = self.hook_pattern(scores.softmax(-1))
+        return einops.einsum(
+            pattern, v, "batch n_heads query_pos key_pos, batch key_pos n_heads d_head -> batch query_pos n_heads d_head"
+        )

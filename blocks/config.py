@@ -1,0 +1,81 @@
+"""The transformer's configuration: one small frozen dataclass, validated once."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+ActFn = Literal["relu", "gelu"]
+Normalization = Literal["LN"] | None
+Positional = Literal["learned", "shortformer"]
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Sizes and options of a decoder-only transformer. Derived defaults are filled in at creation.
+
+    `d_head` defaults to d_model // n_heads, `d_mlp` to 4 * d_model, `init_range` to
+    0.8 / sqrt(d_model) (TransformerLens's default).
+    """
+
+    n_layers: int = 2
+    d_model: int = 128
+    n_heads: int = 4
+    d_vocab: int = 64
+    n_ctx: int = 128
+    d_head: int | None = None
+    d_mlp: int | None = None
+    act_fn: ActFn = "relu"
+    normalization: Normalization = "LN"
+    attn_only: bool = False
+    positional: Positional = "learned"
+    init_range: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("n_layers", "d_model", "n_heads", "d_vocab", "n_ctx"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"TransformerConfig.{name} must be a positive int, got {value!r}")
+        if self.d_head is None:
+            if self.d_model % self.n_heads:
+                raise ValueError(
+                    f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                    "pick sizes that divide or set d_head explicitly"
+                )
+            object.__setattr__(self, "d_head", self.d_model // self.n_heads)
+        if self.d_mlp is None:
+            object.__setattr__(self, "d_mlp", 4 * self.d_model)
+        if self.init_range is None:
+            object.__setattr__(self, "init_range", 0.8 / math.sqrt(self.d_model))
+        for name in ("d_head", "d_mlp"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"TransformerConfig.{name} must be a positive int, got {value!r}")
+        if not (isinstance(self.init_range, (int, float)) and self.init_range > 0):
+            raise ValueError(f"TransformerConfig.init_range must be a positive number, got {self.init_range!r}")
+        _check_choice("act_fn", self.act_fn, get_args(ActFn))
+        _check_choice("normalization", self.normalization, ("LN", None))
+        _check_choice("positional", self.positional, get_args(Positional))
+        if not isinstance(self.attn_only, bool):
+            raise ValueError(f"TransformerConfig.attn_only must be True or False, got {self.attn_only!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TransformerConfig:
+        """Build a config from a dict, naming any key that is not a field."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ValueError(
+                f"unknown TransformerConfig field(s) {unknown}; valid fields are {sorted(fields)}"
+            )
+        return cls(**data)
+
+
+def _check_choice(name: str, value: object, choices: tuple[object, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"TransformerConfig.{name} must be one of {list(choices)}, got {value!r}")

@@ -1,0 +1,35 @@
+"""The MLP of a transformer block, with a hook on every neuron."""
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from blocks.config import TransformerConfig
+from scratchnn import GELU, HookPoint, ReLU
+
+
+class MLP(nn.Module):
+    """post = act(x @ W_in + b_in); out = post @ W_out + b_out. W_in [d_model, d_mlp], W_out [d_mlp, d_model]."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.W_in = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp))
+        self.b_in = nn.Parameter(torch.empty(cfg.d_mlp))
+        self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model))
+        self.b_out = nn.Parameter(torch.empty(cfg.d_model))
+        self.act = ReLU() if cfg.act_fn == "relu" else GELU()
+        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
+        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.W_in, std=self.cfg.init_range)
+        nn.init.normal_(self.W_out, std=self.cfg.init_range)
+        nn.init.zeros_(self.b_in)
+        nn.init.zeros_(self.b_out)
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        pre = self.hook_pre(x @ self.W_in + self.b_in)
+        post = self.hook_post(self.act(pre))
+        return post @ self.W_out + self.b_out

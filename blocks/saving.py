@@ -1,0 +1,111 @@
+"""Weights to and from safetensors, with the config beside them as JSON. Nothing is unpickled."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from blocks.config import TransformerConfig
+from blocks.transformer import Transformer
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and a rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_tensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Save tensors as safetensors atomically (contiguous CPU copies; shared storage is split)."""
+    path = Path(path)
+    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(plain, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_tensors(path: Path, device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """Load a safetensors file, naming the file when it is missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {path}")
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file ({err}); it may be truncated or corrupt") from err
+
+
+def check_state_dict(model: nn.Module, state: dict[str, Tensor], source: str = "state dict") -> None:
+    """Raise one error listing missing, unexpected and misshapen keys against `model`'s own state dict."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    misshapen = [
+        f"{k}: {tuple(state[k].shape)} in the {source}, {tuple(v.shape)} in the model"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if extra:
+        problems.append(f"unexpected keys {extra}")
+    if misshapen:
+        problems.append("wrong shapes: " + "; ".join(misshapen))
+    if problems:
+        raise ValueError(f"the {source} does not match the model's config: " + "; ".join(problems))
+
+
+def save_model(model: Transformer, directory: str | Path) -> Path:
+    """Write `model.safetensors` and `config.json` into `directory`; return the directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_tensors(model.state_dict(), directory / WEIGHTS)
+    atomic_write_bytes(directory / CONFIG, json.dumps(model.cfg.to_dict(), indent=2).encode())
+    return directory
+
+
+def load_config(path: str | Path) -> TransformerConfig:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no config at {path}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    return TransformerConfig.from_dict(data.get("model", data))
+
+
+def load_model(directory: str | Path, device: torch.device | str = "cpu") -> Transformer:
+    """Build the model from `config.json` and load `model.safetensors`, checking every key and shape."""
+    directory = Path(directory)
+    cfg = load_config(directory / CONFIG)
+    model = Transformer(cfg)
+    state = load_tensors(directory / WEIGHTS, device="cpu")
+    check_state_dict(model, state, source=str(directory / WEIGHTS))
+    model.load_state_dict(state)
+    return model.to(device)

@@ -1,0 +1,1 @@
+"""Analysis of trained transformers as pure functions over models and caches."""
