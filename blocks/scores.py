@@ -1,0 +1,59 @@
+"""Attention head scores (ARENA / TransformerLens conventions) on [BOS] + r + r batches.
+
+These live in blocks, not probes, because a task's own evaluation (induction) reports them
+during training; probes re-exports them beside its figures.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from blocks.transformer import Transformer
+
+SCORE_NAMES = ("previous_token", "current_token", "first_token", "induction", "duplicate_token")
+
+
+def repeated_tokens(
+    n: int, batch: int, low: int, high: int, bos: int, seed: int = 0
+) -> Int[Tensor, "batch pos"]:
+    """[BOS] + r + r for `batch` rows of r: n ids drawn uniformly from [low, high)."""
+    if n <= 0 or batch <= 0:
+        raise ValueError(f"need n > 0 and batch > 0, got n={n}, batch={batch}")
+    if high <= low:
+        raise ValueError(f"empty token range [{low}, {high})")
+    gen = torch.Generator().manual_seed(seed)
+    r = torch.randint(low, high, (batch, n), generator=gen)
+    return torch.cat([torch.full((batch, 1), bos), r, r], dim=1)
+
+
+def pattern_scores(pattern: Float[Tensor, "batch n_heads query_pos key_pos"], n: int) -> dict[str, Float[Tensor, " n_heads"]]:
+    """Each head's scores from its pattern on [BOS] + r + r (length 2n + 1), averaged over the batch.
+
+    previous/current/first token average over every query; induction and duplicate token over
+    the queries of the second copy (positions n+1 .. 2n).
+    """
+    pos = pattern.shape[-1]
+    if pos != 2 * n + 1 or pattern.shape[-2] != pos:
+        raise ValueError(f"pattern covers {tuple(pattern.shape[-2:])} positions; [BOS] + r + r with n={n} needs {2 * n + 1}")
+    p = pattern.mean(0)  # n_heads query_pos key_pos
+    return {
+        "previous_token": p.diagonal(-1, dim1=-2, dim2=-1).mean(-1),
+        "current_token": p.diagonal(0, dim1=-2, dim2=-1).mean(-1),
+        "first_token": p[:, :, 0].mean(-1),
+        # query at 1+n+i (i-th of copy two) -> key 1+i+1 (token after the i-th of copy one)
+        "induction": p.diagonal(1 - n, dim1=-2, dim2=-1).mean(-1),
+        # query at 1+n+i -> key 1+i (the same token in copy one)
+        "duplicate_token": p.diagonal(-n, dim1=-2, dim2=-1).mean(-1),
+    }
+
+
+@torch.no_grad()
+def head_scores(model: Transformer, tokens: Int[Tensor, "batch pos"], n: int) -> dict[str, Float[Tensor, "layer n_heads"]]:
+    """Every head's five scores on `tokens` ([BOS] + r + r, see `repeated_tokens`), as [layer, n_heads] per score."""
+    names = [f"blocks.{i}.attn.hook_pattern" for i in range(model.cfg.n_layers)]
+    device = next(model.parameters()).device
+    _, cache = model.run_with_cache(tokens.to(device), names=names, stop_early=True)
+    per_layer = [pattern_scores(cache[name], n) for name in names]
+    return {s: torch.stack([layer[s] for layer in per_layer]).cpu() for s in SCORE_NAMES}

@@ -1,0 +1,131 @@
+"""What every task provides: a tokenizer with readable tokens, seeded datasets, a loss mask, an evaluation."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import datasets
+import torch
+from torch import Tensor
+
+from blocks.config import TransformerConfig
+
+
+class UnknownTokenError(ValueError):
+    """Text held characters or tokens the tokenizer does not know. `unknown` lists them in order."""
+
+    def __init__(self, unknown: list[str], vocab_hint: str) -> None:
+        self.unknown = unknown
+        shown = ", ".join(repr(u) for u in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        super().__init__(f"{len(unknown)} unknown token(s): {shown}; the vocabulary is {vocab_hint}")
+
+
+class Tokenizer:
+    """Maps between text and ids; token `i`'s readable string is `vocab[i]`.
+
+    `separator=""` makes a character tokenizer; `separator=" "` splits on whitespace, for
+    tasks whose tokens are words or numbers ("BOS 12 7 12").
+    """
+
+    def __init__(self, vocab: Sequence[str], separator: str = "") -> None:
+        vocab = list(vocab)
+        if len(set(vocab)) != len(vocab):
+            dupes = sorted({v for v in vocab if vocab.count(v) > 1})
+            raise ValueError(f"a vocabulary lists each token once; repeated: {dupes}")
+        if separator not in ("", " "):
+            raise ValueError(f"separator must be '' (characters) or ' ' (whitespace), got {separator!r}")
+        self.vocab = vocab
+        self.separator = separator
+        self._ids = {t: i for i, t in enumerate(vocab)}
+
+    @property
+    def d_vocab(self) -> int:
+        return len(self.vocab)
+
+    def split(self, text: str) -> list[str]:
+        return list(text) if self.separator == "" else text.split()
+
+    def encode(self, text: str) -> list[int]:
+        """Ids for `text`; raises UnknownTokenError naming every unknown piece (nothing is dropped)."""
+        pieces = self.split(text)
+        unknown = [p for p in pieces if p not in self._ids]
+        if unknown:
+            hint = repr("".join(self.vocab)) if self.separator == "" and len(self.vocab) <= 100 else f"{self.d_vocab} tokens"
+            raise UnknownTokenError(unknown, hint)
+        return [self._ids[p] for p in pieces]
+
+    def decode(self, ids: Sequence[int] | Tensor) -> str:
+        ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+        bad = [i for i in ids if not 0 <= i < self.d_vocab]
+        if bad:
+            raise ValueError(f"ids {bad[:10]} are outside the vocabulary [0, {self.d_vocab})")
+        return self.separator.join(self.vocab[i] for i in ids)
+
+    def token_strs(self, ids: Sequence[int] | Tensor) -> list[str]:
+        """One readable label per id, for axes and tables."""
+        ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+        return [self.vocab[i] for i in ids]
+
+    def id(self, token: str) -> int:
+        if token not in self._ids:
+            raise UnknownTokenError([token], f"{self.d_vocab} tokens")
+        return self._ids[token]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"vocab": self.vocab, "separator": self.separator}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Tokenizer:
+        return cls(data["vocab"], data.get("separator", ""))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Tokenizer) and self.to_dict() == other.to_dict()
+
+
+class Task(ABC):
+    """A toy task: its data as a `datasets.Dataset`, its tokenizer, which positions count, and its evaluation.
+
+    Datasets have the columns `tokens` (list of ids, all rows of one length) and
+    `loss_mask` (list of 0/1, same length as tokens: 1 where predicting the *next* token
+    counts in the loss). Everything is generated deterministically from the seed.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    @property
+    @abstractmethod
+    def tokenizer(self) -> Tokenizer: ...
+
+    @property
+    @abstractmethod
+    def seq_len(self) -> int:
+        """Length of every training sequence."""
+
+    @abstractmethod
+    def dataset(self, split: str) -> datasets.Dataset:
+        """The `train` or `test` split, with columns `tokens` and `loss_mask`."""
+
+    @abstractmethod
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """The task's own numbers (losses, accuracies, head scores), computed without gradients."""
+
+    @abstractmethod
+    def example(self, seed: int) -> list[int]:
+        """One fresh prompt from the task's distribution (for the app and the probes)."""
+
+    @abstractmethod
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this task (saved in the run's config.json)."""
+
+    def default_model_config(self) -> TransformerConfig:
+        """The model a plain `python -m blocks.train --task NAME` trains."""
+        return TransformerConfig(d_vocab=self.tokenizer.d_vocab, n_ctx=self.seq_len)
+
+    def default_train_config(self) -> dict[str, Any]:
+        """Trainer settings (steps, batch size, lr, ...) that reach the task's published result."""
+        return {}
