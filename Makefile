@@ -13,7 +13,6 @@ PORT ?= 8501
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip >/dev/null
 	$(PY) -m pip install $(TORCH_INSTALL)
 	$(PY) -m pip install -e ".[dev]"
 	touch $@
