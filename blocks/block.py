@@ -36,8 +36,9 @@ class TransformerBlock(nn.Module):
         if pos_embed is None:
             attn_out = self.attn(normed, normed)
         else:
-            ln_qk = self.ln1.unhooked if isinstance(self.ln1, HookedLayerNorm) else self.ln1
-            attn_out = self.attn(ln_qk(resid_pre + pos_embed), normed)
+            # TransformerLens adds shortformer positions after ln1 (to queries' and keys' input only);
+            # we follow it so that its published shortformer models load and agree.
+            attn_out = self.attn(normed + pos_embed, normed)
         attn_out = self.hook_attn_out(attn_out)
         if self.cfg.attn_only:
             return self.hook_resid_post(resid_pre + attn_out)

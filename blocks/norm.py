@@ -22,6 +22,3 @@ class HookedLayerNorm(LayerNorm):
         scale = self.hook_scale((centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
         return self.hook_normalized(centred / scale * self.weight + self.bias)
 
-    def unhooked(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        """The same map without firing the hook points (the shortformer's second use of ln1)."""
-        return super().forward(x)

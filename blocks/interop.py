@@ -1,0 +1,249 @@
+"""Weights and configs to and from TransformerLens's HookedTransformer format.
+
+The community's toy models (attention-only and GELU models of 1 to 4 layers) are published
+in that format, so a person can load one here and compare caches name by name. Only the
+configurations this sandbox builds are accepted; anything else raises naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from blocks.config import TransformerConfig
+from blocks.saving import check_state_dict
+from blocks.transformer import Transformer
+
+# Buffers a HookedTransformer keeps in its state dict; we rebuild them, so they are skipped on import.
+_TL_BUFFERS = ("attn.mask", "attn.IGNORE")
+
+# TransformerLens config fields we cannot honour, with the value (or test) that we can.
+_UNSUPPORTED_UNLESS: dict[str, Any] = {
+    "use_attn_scale": True,
+    "use_split_qkv_input": False,
+    "use_attn_in": False,
+    "use_qk_norm": False,
+    "use_local_attn": False,
+    "window_size": None,
+    "attn_types": None,
+    "attention_dir": "causal",
+    "scale_attn_by_inverse_layer_idx": False,
+    "final_rms": False,
+    "parallel_attn_mlp": False,
+    "rotary_dim": None,
+    "gated_mlp": False,
+    "n_key_value_heads": None,
+    "post_embedding_ln": False,
+    "num_experts": None,
+    "tie_word_embeddings": False,
+    "use_normalization_before_and_after": False,
+    "attn_scores_soft_cap": -1.0,
+    "output_logits_soft_cap": -1.0,
+    "relative_attention_max_distance": None,
+    "eps": 1e-5,
+}
+_NORMALIZATION = {"LN": "LN", None: None}
+_POSITIONAL = {"standard": "learned", "shortformer": "shortformer"}
+_ACT_FN = ("relu", "gelu")
+
+# The published toy models: short name -> Hugging Face repository (TransformerLens's own aliases).
+TOY_MODELS: dict[str, str] = {
+    **{f"attn-only-{n}l": f"NeelNanda/Attn_Only_{n}L512W_C4_Code" for n in range(1, 5)},
+    **{f"gelu-{n}l": f"NeelNanda/GELU_{n}L512W_C4_Code" for n in range(1, 5)},
+    "attn-only-2l-demo": "NeelNanda/Attn-Only-2L512W-Shortformer-6B-big-lr",
+}
+
+
+def _tl_key(ours: str) -> str:
+    """Our state-dict key -> TransformerLens's (LayerNorm weight/bias are w/b; embeddings are W_E/W_pos)."""
+    if ours == "embed.weight":
+        return "embed.W_E"
+    if ours == "pos_embed.weight":
+        return "pos_embed.W_pos"
+    for ln in ("ln1", "ln2", "ln_final"):
+        for long, short in (("weight", "w"), ("bias", "b")):
+            if ours.endswith(f"{ln}.{long}"):
+                return ours[: -len(long)] + short
+    return ours
+
+
+def to_transformer_lens(model: Transformer) -> dict[str, Tensor]:
+    """The model's weights as a HookedTransformer state dict, including its mask and IGNORE buffers.
+
+    The buffers are included so that `HookedTransformer.load_state_dict(..., strict=True)` accepts it.
+    """
+    _check_exportable(model.cfg)
+    state = {_tl_key(k): v.detach().clone() for k, v in model.state_dict().items()}
+    mask = torch.ones(model.cfg.n_ctx, model.cfg.n_ctx, dtype=torch.bool).tril()
+    for layer in range(model.cfg.n_layers):
+        state[f"blocks.{layer}.attn.mask"] = mask.clone()
+        state[f"blocks.{layer}.attn.IGNORE"] = torch.tensor(-torch.inf)
+    return state
+
+
+def _check_exportable(cfg: TransformerConfig) -> None:
+    # Every TransformerConfig we build is a HookedTransformer configuration; kept as one place to say so.
+    _check_choice("act_fn", cfg.act_fn, _ACT_FN)
+
+
+def from_transformer_lens(state_dict: dict[str, Tensor], cfg: TransformerConfig) -> Transformer:
+    """Build a Transformer for `cfg` holding a HookedTransformer state dict's weights (as float32).
+
+    Missing, unexpected or misshapen keys raise one error that lists them with both shapes.
+    """
+    if not isinstance(cfg, TransformerConfig):
+        raise TypeError(
+            f"cfg must be a blocks.TransformerConfig, got {type(cfg).__name__}; "
+            "for a TransformerLens config dict use from_transformer_lens_config(...) first"
+        )
+    model = Transformer(cfg)
+    ours = {_tl_key(k): k for k in model.state_dict()}
+    state: dict[str, Tensor] = {}
+    unexpected: list[str] = []
+    for key, value in state_dict.items():
+        if key.endswith(_TL_BUFFERS):
+            continue
+        if key in ours:
+            state[ours[key]] = value.detach().to(torch.float32)
+        else:
+            unexpected.append(key)
+    if unexpected:
+        raise ValueError(
+            f"the TransformerLens state dict has keys this config has no place for: {sorted(unexpected)} "
+            f"(config: {cfg}); expected keys are {sorted(ours)}"
+        )
+    check_state_dict(model, state, source="TransformerLens state dict (our names)")
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def from_transformer_lens_config(tl_cfg: dict[str, Any]) -> TransformerConfig:
+    """Map a HookedTransformerConfig (as a dict, e.g. `cfg.to_dict()` or a hub config.json) to ours.
+
+    Raises naming the first field whose value we do not support (LNPre, rotary, gelu_new, ...).
+    """
+    if not isinstance(tl_cfg, dict):
+        raise TypeError(f"tl_cfg must be a dict of HookedTransformerConfig fields, got {type(tl_cfg).__name__}")
+    for name in ("n_layers", "d_model", "n_ctx", "d_vocab"):
+        if name not in tl_cfg:
+            raise ValueError(f"the TransformerLens config has no {name!r}; it is required")
+    for name, supported in _UNSUPPORTED_UNLESS.items():
+        if name in tl_cfg and tl_cfg[name] != supported:
+            if name == "eps" and math.isclose(float(tl_cfg[name]), supported):
+                continue
+            raise ValueError(
+                f"unsupported TransformerLens config: {name}={tl_cfg[name]!r}; this sandbox supports only "
+                f"{name}={supported!r}"
+            )
+    # Hub configs (NeelNanda's) spell two fields differently from HookedTransformerConfig.
+    norm = tl_cfg["normalization_type"] if "normalization_type" in tl_cfg else tl_cfg.get("normalization", "LN")
+    if "positional_embedding_type" in tl_cfg:
+        pos = tl_cfg["positional_embedding_type"]
+    else:
+        pos = "shortformer" if tl_cfg.get("shortformer_pos") else "standard"
+    _check_choice("normalization_type", norm, tuple(_NORMALIZATION))
+    _check_choice("positional_embedding_type", pos, tuple(_POSITIONAL))
+    act_fn = tl_cfg.get("act_fn")
+    attn_only = bool(tl_cfg.get("attn_only", False))
+    if attn_only:
+        act_fn = act_fn if act_fn in _ACT_FN else "relu"  # unused by attention-only models
+    else:
+        _check_choice("act_fn", act_fn, _ACT_FN)
+    d_vocab_out = tl_cfg.get("d_vocab_out", -1)
+    if d_vocab_out not in (-1, None, tl_cfg["d_vocab"]):
+        raise ValueError(
+            f"unsupported TransformerLens config: d_vocab_out={d_vocab_out} differs from d_vocab={tl_cfg['d_vocab']}"
+        )
+    d_model, n_heads = tl_cfg["d_model"], tl_cfg.get("n_heads", -1)
+    d_head = tl_cfg.get("d_head")
+    if n_heads in (-1, None):
+        if not d_head:
+            raise ValueError("the TransformerLens config gives neither n_heads nor d_head")
+        n_heads = d_model // d_head
+    attn_scale = tl_cfg.get("attn_scale", -1.0)
+    if attn_scale not in (-1.0, None) and d_head and not math.isclose(attn_scale, math.sqrt(d_head)):
+        raise ValueError(
+            f"unsupported TransformerLens config: attn_scale={attn_scale}; we scale scores by sqrt(d_head)="
+            f"{math.sqrt(d_head):.6g}"
+        )
+    init_range = tl_cfg.get("initializer_range", -1.0)
+    d_mlp = tl_cfg.get("d_mlp")
+    return TransformerConfig(
+        n_layers=tl_cfg["n_layers"],
+        d_model=d_model,
+        n_heads=n_heads,
+        d_vocab=tl_cfg["d_vocab"],
+        n_ctx=tl_cfg["n_ctx"],
+        d_head=d_head,
+        d_mlp=None if attn_only or d_mlp in (None, -1) else d_mlp,
+        act_fn=act_fn,
+        normalization=_NORMALIZATION[norm],
+        attn_only=attn_only,
+        positional=_POSITIONAL[pos],
+        init_range=init_range if init_range and init_range > 0 else None,
+    )
+
+
+def _check_choice(name: str, value: object, choices: tuple[object, ...]) -> None:
+    if value not in choices:
+        raise ValueError(
+            f"unsupported TransformerLens config: {name}={value!r}; this sandbox supports {list(choices)}"
+        )
+
+
+def load_transformer_lens_checkpoint(weights: str | Path, config: dict[str, Any] | str | Path) -> Transformer:
+    """Load a HookedTransformer checkpoint from disk: `.safetensors`, or a `.pth` read with weights_only=True.
+
+    `config` is a TransformerLens config dict or the path of its JSON file.
+    """
+    import json
+
+    from blocks.saving import load_tensors
+
+    if not isinstance(config, dict):
+        config = json.loads(Path(config).read_text())
+    weights = Path(weights)
+    if weights.suffix == ".safetensors":
+        state = load_tensors(weights)
+    else:
+        if not weights.is_file():
+            raise FileNotFoundError(f"no weights file at {weights}")
+        # weights_only: a checkpoint is data, never code to unpickle
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError(f"{weights} holds a {type(state).__name__}, not a state dict")
+    return from_transformer_lens(state, from_transformer_lens_config(config))
+
+
+def load_toy_model(
+    name: str, cache_dir: str | Path | None = None, local_files_only: bool = False
+) -> Transformer:
+    """Download (or read from the local cache) one of the published toy models, e.g. "attn-only-2l".
+
+    Needs the Hugging Face hub; offline, or with `local_files_only` and nothing cached, it
+    raises a ConnectionError that says which files to fetch and how to load them by hand.
+    """
+    repo = TOY_MODELS.get(name, name if "/" in name else None)
+    if repo is None:
+        raise ValueError(f"unknown toy model {name!r}; known names are {sorted(TOY_MODELS)} (or give 'owner/repo')")
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as err:  # datasets depends on it, but keep the message useful without it
+        raise ImportError("loading from the hub needs the huggingface_hub package: pip install huggingface_hub") from err
+    files = {}
+    for filename in ("config.json", "model_final.pth"):
+        try:
+            files[filename] = hf_hub_download(
+                repo, filename, cache_dir=None if cache_dir is None else str(cache_dir), local_files_only=local_files_only
+            )
+        except Exception as err:  # the hub raises many types (offline, DNS, 404); all mean "not available here"
+            raise ConnectionError(
+                f"could not get {filename} of {repo} from the Hugging Face hub ({type(err).__name__}: {err}). "
+                f"Offline? Download config.json and model_final.pth from https://huggingface.co/{repo} "
+                "and call blocks.interop.load_transformer_lens_checkpoint(weights_path, config_path)"
+            ) from err
+    return load_transformer_lens_checkpoint(files["model_final.pth"], files["config.json"])
