@@ -1,0 +1,28 @@
+"""The sandbox in a browser: `streamlit run app.py -- --runs DIR` (default runs/).
+
+Layout only: pages live in views/ (one file each), the sidebar and caching in
+views/common.py (which also documents the session-state keys), and every number shown
+comes from the probes library or from the run's own files.
+"""
+
+import streamlit as st
+
+from views.common import STATE_KEYS
+
+st.set_page_config(page_title="Transformer sandbox", layout="wide")
+
+# Widget state is dropped when a page that owns the widget is not drawn; writing the keys
+# back each run keeps a person's choices (prompt, head, threshold...) across pages.
+for key in STATE_KEYS:
+    if key in st.session_state:
+        st.session_state[key] = st.session_state[key]
+
+pages = [
+    st.Page("views/overview.py", title="Overview", icon=":material/monitoring:", default=True),
+    st.Page("views/flow.py", title="Information flow", icon=":material/account_tree:"),
+    st.Page("views/heads.py", title="Attention heads", icon=":material/visibility:"),
+    st.Page("views/neurons.py", title="Neurons", icon=":material/neurology:"),
+    st.Page("views/lens.py", title="Logit lens and attribution", icon=":material/stacked_line_chart:"),
+    st.Page("views/ablate.py", title="Ablate and patch", icon=":material/content_cut:"),
+]
+st.navigation(pages).run()

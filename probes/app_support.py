@@ -1,0 +1,72 @@
+"""What the app shows that no probe script needs: a run's training history, and one head's whole flow map.
+
+The history functions read the metric dicts `blocks.runs.load_run` returns (numbers come
+from metrics.jsonl, never recomputed); `head_importance_map` extends `information_flow`
+from the kept edges to every edge of one head.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from blocks.cache import ActivationCache
+from blocks.transformer import Transformer
+from probes.information_flow import _proximity, attention_parts
+
+
+def metric_curves(metrics: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
+    """Every scalar metric (train_loss, lr, eval/...) as (steps, values), in the order steps were logged."""
+    curves: dict[str, tuple[list[int], list[float]]] = {}
+    for line in metrics:
+        if "step" not in line:
+            raise ValueError(f"every metrics line needs a 'step'; got keys {sorted(line)}")
+        for name, value in line.items():
+            if name == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            steps, values = curves.setdefault(name, ([], []))
+            steps.append(int(line["step"]))
+            values.append(float(value))
+    return curves
+
+
+def head_score_entries(metrics: list[dict[str, Any]]) -> tuple[list[int], list[dict[str, Any]]]:
+    """The steps that logged a "head_scores" entry, and those entries, for `head_scores_over_steps_figure`."""
+    logged = [line for line in metrics if line.get("head_scores")]
+    return [int(line["step"]) for line in logged], [line["head_scores"] for line in logged]
+
+
+def metric_curves_figure(curves: dict[str, tuple[list[int], list[float]]], names: list[str], title: str) -> go.Figure:
+    """Line plot of the named curves against step."""
+    fig = go.Figure()
+    for name in names:
+        steps, values = curves[name]
+        fig.add_trace(go.Scatter(x=steps, y=values, mode="lines+markers", name=name))
+    fig.update_layout(title=title, xaxis_title="step", height=340, margin=dict(t=40, b=30, l=40, r=10))
+    return fig
+
+
+@torch.no_grad()
+def head_importance_map(
+    model: Transformer, cache: ActivationCache, layer: int, head: int, batch_index: int = 0
+) -> Float[Tensor, "query_pos key_pos"]:
+    """One head's importance for every (query, key) attention edge of `layer`, before thresholding.
+
+    The same number `information_flow` keeps per head on the edges of its routes
+    (`FlowGraph.head_contributions`), here for every edge, so a head's whole map can sit
+    beside its attention pattern.
+    """
+    if not 0 <= layer < model.cfg.n_layers:
+        raise ValueError(f"layer must lie in [0, {model.cfg.n_layers}), got {layer}")
+    if not 0 <= head < model.cfg.n_heads:
+        raise ValueError(f"head must lie in [0, {model.cfg.n_heads}), got {head}")
+    a = attention_parts(model, cache, layer, batch_index)
+    y = a.total
+    prox = torch.cat(
+        [_proximity(y, a.resid)[:, None], _proximity(y[:, None], a.heads.sum(2)), _proximity(y, a.bias)[:, None]], dim=1
+    )
+    return _proximity(y[:, None], a.heads[:, :, head]) / prox.sum(-1, keepdim=True).clamp_min(1e-30)

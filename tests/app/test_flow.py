@@ -1,0 +1,54 @@
+"""Information-flow page: the routes and the head breakdown shown equal what probes computes."""
+
+from __future__ import annotations
+
+import torch
+
+from blocks.runs import load_run
+from probes.app_support import head_importance_map
+from probes.information_flow import information_flow
+
+
+def test_flow_breakdown_matches_probes(app, runs_dir):
+    at = app("flow", run="attn", prompt="BOS 1 2 3 4 5 6 1 2 3 4 5 6")
+    assert not at.exception, at.exception
+    n = 13
+    assert at.selectbox(key="flow_target").value == n - 1
+    run = load_run(runs_dir / "attn")
+    tokens = torch.tensor([run.tokenizer.encode("BOS 1 2 3 4 5 6 1 2 3 4 5 6")])
+    graph = information_flow(run.model, tokens, target_pos=n - 1, tau=0.04)
+    assert f"{len(graph.nodes)} nodes and {len(graph.edges)} edges" in at.caption[0].value
+
+    # a click lands in flow_pick; pick the final node, whose incoming attention edges carry the head split
+    at.session_state["flow_pick"] = {"layer": 2, "pos": n - 1, "kind": "resid_pre"}
+    at.run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    dst = graph.node_index(2, n - 1, "resid_pre")
+    attn = [i for i, e in enumerate(graph.edges) if e.kind == "attn" and dst in (e.src, e.dst)]
+    assert len(table) == len(attn)
+    for row, i in zip(table.to_dict("records"), attn):
+        assert row["importance"] == round(graph.edges[i].importance, 4)
+        for h, v in enumerate(graph.head_contributions[i].tolist()):
+            assert row[f"H{h}"] == round(v, 4)
+
+    # the chosen head's contribution map is probes' map for that head
+    head = at.radio(key="flow_head").value
+    layer, h = int(head[1]), int(head[3])
+    _, cache = run.model.run_with_cache(tokens)
+    expected = head_importance_map(run.model, cache, layer, h)
+    shown = at.get("plotly_chart")[-1]
+    import json
+    z = json.loads(shown.proto.spec)["data"][0]["z"]
+    torch.testing.assert_close(torch.tensor(z), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_threshold_changes_routes(app, runs_dir):
+    at = app("flow", run="attn", prompt="BOS 1 2 3 4 5 6 1 2 3 4 5 6", flow_threshold=0.0)
+    loose = at.caption[0].value
+    at.slider(key="flow_threshold").set_value(0.2).run()
+    assert not at.exception
+    run = load_run(runs_dir / "attn")
+    graph = information_flow(run.model, torch.tensor([run.tokenizer.encode("BOS 1 2 3 4 5 6 1 2 3 4 5 6")]), -1, 0.2)
+    assert f"{len(graph.nodes)} nodes and {len(graph.edges)} edges" in at.caption[0].value
+    assert at.caption[0].value != loose

@@ -1,0 +1,4 @@
+"""Placeholder until its probes land."""
+import streamlit as st
+
+st.title("heads")
