@@ -108,7 +108,7 @@ class Transformer(HookedModule):
         self,
         tokens: Int[Tensor, "batch pos"],
         max_new_tokens: int,
-        temperature: float = 1.0,
+        temperature: float | int = 1.0,  # int too, so temperature=0 passes the runtime type check
         top_k: int | None = None,
         generator: torch.Generator | None = None,
     ) -> Int[Tensor, "batch new_pos"]:

@@ -1,0 +1,23 @@
+"""Small seeded models and inputs shared by the blocks tests."""
+
+import torch
+
+from blocks import Transformer, TransformerConfig
+
+BATCH, POS = 3, 7
+
+
+def make_model(**overrides: object) -> Transformer:
+    torch.manual_seed(0)
+    cfg = TransformerConfig(
+        **{**dict(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=24, d_vocab=13, n_ctx=10), **overrides}
+    )
+    model = Transformer(cfg).eval()
+    with torch.no_grad():  # non-zero biases and LayerNorm weights, so a dropped bias shows
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def tokens_for(model: Transformer, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, model.cfg.d_vocab, (BATCH, POS), generator=torch.Generator().manual_seed(seed))
