@@ -52,7 +52,7 @@ def _check_indices(what: str, idx: Sequence[int], size: int) -> list[int]:
 
 
 @torch.no_grad()
-def _reference(model: Transformer, name: str, tokens: Tensor | None, method: Method) -> Tensor | None:
+def _reference(model: Transformer, name: str, tokens: Tensor | None, method: str) -> Tensor | None:
     if method not in METHODS:
         raise ValueError(f"unknown ablation method {method!r}; use one of {list(METHODS)}")
     if method == "zero":
@@ -64,7 +64,7 @@ def _reference(model: Transformer, name: str, tokens: Tensor | None, method: Met
     return cache[name]
 
 
-def _ablation_fn(method: Method, ref: Tensor | None, mask: Tensor, seed: int) -> HookFn:
+def _ablation_fn(method: str, ref: Tensor | None, mask: Tensor, seed: int) -> HookFn:
     """A hook that replaces act where `mask` (broadcast over act without its batch axis) is True."""
     mean = None if ref is None else ref.mean(0)
 
@@ -96,7 +96,7 @@ def head_ablation(
     model: Transformer,
     layer: int,
     heads: Sequence[int],
-    method: Method = "zero",
+    method: str = "zero",  # one of METHODS; checked with a clear error
     reference_tokens: Int[Tensor, "batch pos"] | None = None,
     positions: Sequence[int] | None = None,
     seed: int = 0,
@@ -121,7 +121,7 @@ def neuron_ablation(
     model: Transformer,
     layer: int,
     neurons: Sequence[int],
-    method: Method = "zero",
+    method: str = "zero",  # one of METHODS; checked with a clear error
     reference_tokens: Int[Tensor, "batch pos"] | None = None,
     seed: int = 0,
 ) -> Ablation:
@@ -140,8 +140,8 @@ def neuron_ablation(
 def layer_ablation(
     model: Transformer,
     layer: int,
-    part: Literal["attn", "mlp"] = "attn",
-    method: Method = "zero",
+    part: str = "attn",  # "attn" or "mlp"
+    method: str = "zero",  # one of METHODS; checked with a clear error
     reference_tokens: Int[Tensor, "batch pos"] | None = None,
     seed: int = 0,
 ) -> Ablation:

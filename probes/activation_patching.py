@@ -71,7 +71,7 @@ def _check_prompts(model: Transformer, clean: Tensor, corrupted: Tensor) -> None
 def patch_activations(
     model: Transformer,
     clean: Int[Tensor, "batch pos"],
-    corrupted: Int[Tensor, "batch pos"],
+    corrupted: Int[Tensor, "batch_c pos_c"],  # checked against clean with a clear error
     metric: Metric,
     names: Sequence[str],
 ) -> float:
@@ -135,7 +135,7 @@ def _sweep(
     return out, clean_value, corrupted_value
 
 
-def _layer_name(model: Transformer, layer: int, kind: LayerPosKind) -> str:
+def _layer_name(model: Transformer, layer: int, kind: str) -> str:
     if kind not in LAYER_POS_KINDS:
         raise ValueError(f"unknown activation kind {kind!r}; use one of {list(LAYER_POS_KINDS)}")
     if model.cfg.attn_only and kind in ("resid_mid", "mlp_out"):
@@ -146,9 +146,9 @@ def _layer_name(model: Transformer, layer: int, kind: LayerPosKind) -> str:
 def patch_by_layer_pos(
     model: Transformer,
     clean: Int[Tensor, "batch pos"],
-    corrupted: Int[Tensor, "batch pos"],
+    corrupted: Int[Tensor, "batch_c pos_c"],  # checked against clean with a clear error
     metric: Metric,
-    kind: LayerPosKind = "resid_pre",
+    kind: str = "resid_pre",  # one of LAYER_POS_KINDS
     max_copies: int = 1024,
 ) -> PatchingResult:
     """Patch one activation (residual stream, attention output or MLP output) at one layer and position per cell."""
@@ -167,7 +167,7 @@ def patch_by_layer_pos(
 def patch_heads(
     model: Transformer,
     clean: Int[Tensor, "batch pos"],
-    corrupted: Int[Tensor, "batch pos"],
+    corrupted: Int[Tensor, "batch_c pos_c"],  # checked against clean with a clear error
     metric: Metric,
     max_copies: int = 1024,
 ) -> PatchingResult:
@@ -186,7 +186,7 @@ def patch_heads(
 def patch_heads_by_pos(
     model: Transformer,
     clean: Int[Tensor, "batch pos"],
-    corrupted: Int[Tensor, "batch pos"],
+    corrupted: Int[Tensor, "batch_c pos_c"],  # checked against clean with a clear error
     metric: Metric,
     max_copies: int = 1024,
 ) -> PatchingResult:
@@ -206,7 +206,7 @@ def patch_heads_by_pos(
 def patch_head_patterns(
     model: Transformer,
     clean: Int[Tensor, "batch pos"],
-    corrupted: Int[Tensor, "batch pos"],
+    corrupted: Int[Tensor, "batch_c pos_c"],  # checked against clean with a clear error
     metric: Metric,
     max_copies: int = 1024,
 ) -> PatchingResult:

@@ -1,0 +1,58 @@
+"""Tiny models for the probe tests, some with hand-set weights whose answers are known."""
+
+import pytest
+import torch
+
+from blocks import Transformer, TransformerConfig
+
+torch.set_num_threads(1)  # tiny tensors: threads only add contention on shared CI machines
+
+
+def random_model(**overrides) -> Transformer:
+    torch.manual_seed(0)
+    cfg = dict(n_layers=2, d_model=32, n_heads=4, d_vocab=12, n_ctx=16, d_mlp=48)
+    cfg.update(overrides)
+    return Transformer(TransformerConfig(**cfg)).eval()
+
+
+def previous_token_model(n_ctx: int = 8, d_vocab: int = 8, strength: float = 60.0) -> Transformer:
+    """1 attention-only layer, no LayerNorm; head 0 attends from each position to the one before it.
+
+    Positions are one-hot in dims [0, n_ctx), tokens one-hot in [n_ctx, n_ctx + d_vocab); head 0's
+    query at i is e_i and its key at j is e_{j+1}, so only j = i - 1 scores high. Head 0 copies the
+    previous token's one-hot to the output, which W_U reads, so the model predicts "the previous token".
+    """
+    d_model = n_ctx + d_vocab
+    cfg = TransformerConfig(
+        n_layers=1, d_model=d_model, n_heads=2, d_head=d_model, d_vocab=d_vocab, n_ctx=n_ctx,
+        attn_only=True, normalization=None,
+    )
+    model = Transformer(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.pos_embed.weight[:, :n_ctx] = torch.eye(n_ctx)
+        model.embed.weight[:, n_ctx:] = torch.eye(d_vocab)
+        attn = model.blocks[0].attn
+        attn.W_Q[0, :n_ctx, :n_ctx] = strength * torch.eye(n_ctx)
+        attn.W_K[0, :n_ctx, :n_ctx] = torch.diag(torch.ones(n_ctx - 1), 1)  # pos j -> key e_{j+1}
+        attn.W_V[0, n_ctx:, n_ctx:] = torch.eye(d_vocab)
+        attn.W_O[0, n_ctx:, n_ctx:] = 2 * torch.eye(d_vocab)  # outweighs the current token, which the stream also carries
+        # head 1 attends uniformly (zero scores) and writes nothing
+        model.unembed.W_U[n_ctx:] = torch.eye(d_vocab)
+    return model
+
+
+@pytest.fixture
+def prev_model() -> Transformer:
+    return previous_token_model()
+
+
+@pytest.fixture
+def mlp_model() -> Transformer:
+    return random_model()
+
+
+@pytest.fixture
+def attn_only_model() -> Transformer:
+    return random_model(attn_only=True, normalization=None, positional="shortformer")
