@@ -47,7 +47,7 @@ class Transformer(HookedModule):
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
         return self.unembed.W_U
 
-    def check_tokens(self, tokens: Tensor) -> None:
+    def check_tokens(self, tokens: object) -> None:
         """Raise a clear error for anything that is not a [batch, pos] tensor of ids this model knows."""
         if not isinstance(tokens, Tensor):
             raise TypeError(f"tokens must be a torch.Tensor of ids, got {type(tokens).__name__}")
