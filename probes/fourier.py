@@ -54,7 +54,7 @@ def _coefficients(acts: Float[Tensor, "p p d_mlp"]) -> Tensor:
     return einops.einsum(basis, basis, a, "i a, j b, a b d_mlp -> i j d_mlp")
 
 
-def neuron_frequency_share(acts: Float[Tensor, "p p d_mlp"]) -> Float[Tensor, "d_mlp n_freq"]:
+def neuron_frequency_share(acts: Float[Tensor, "p_a p_b d_mlp"]) -> Float[Tensor, "d_mlp n_freq"]:
     """For each neuron and frequency k, the share of its variance over all (a, b) carried by terms that use
     only k (and constants): cos/sin k of a, of b, and their products."""
     p = acts.shape[0]

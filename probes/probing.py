@@ -48,7 +48,7 @@ class LayerProbes:
 
 def fit_probe(
     features: Float[Tensor, "n d"],
-    labels: Int[Tensor, " n"],
+    labels: Int[Tensor, " n_labels"],  # checked against features with a clear error
     n_classes: int | None = None,
     l2: float = 1e-3,
     steps: int = 200,

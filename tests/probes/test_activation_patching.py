@@ -18,6 +18,7 @@ def prompts():
     return torch.randint(0, 12, (2, 6), generator=g), torch.randint(0, 12, (2, 6), generator=g)
 
 
+@torch.no_grad()
 def _one_cell(model, clean, corrupted, metric, name, index):
     """The slow reference: one forward with one cell patched."""
     _, cache = model.run_with_cache(clean, names=name)
