@@ -14,7 +14,8 @@ Every selection lives in `st.session_state` under these keys, which tests may se
 | `flow_pick` | the clicked node or edge, as {"kind": "attn"/"mlp"/..., "layer", "src", "dst"} |
 | `head` | selected head, "L{layer}H{head}" |
 | `neuron_layer`, `neuron_pos`, `neuron` | neuron page: layer, position, neuron index |
-| `lens_target` | token whose logit the lens and attribution follow |
+| `heads_score` | head score mapped on the heads page |
+| `lens_pos`, `lens_target` | position and token (string) the lens and attribution follow |
 | `ablate_heads`, `ablate_neurons` | lists of "L0H1" and "L0N5" labels to ablate |
 | `ablate_mode` | "zero" or "mean" |
 """
@@ -30,13 +31,16 @@ import torch
 from torch import Tensor
 
 from blocks.cache import ActivationCache
+from blocks.checkpoints import checkpoint_files
 from blocks.runs import Run, checkpoint_status, load_run
-from blocks.tasks.base import UnknownTokenError
+from blocks.scores import repeated_tokens
+from blocks.tasks.base import Tokenizer, UnknownTokenError
 from views.paths import RunPathError, list_runs, resolve_run, runs_root
 
 STATE_KEYS = (
     "run", "step", "prompt", "example_seed", "overview_score", "flow_threshold", "flow_target", "flow_pick",
-    "head", "neuron_layer", "neuron_pos", "neuron", "lens_target", "ablate_heads", "ablate_neurons", "ablate_mode",
+    "head", "heads_score", "neuron_layer", "neuron_pos", "neuron", "lens_pos", "lens_target",
+    "ablate_heads", "ablate_neurons", "ablate_mode",
 )
 TRAIN_HINT = "Train one with `make app` (it trains the default induction model first) or `python -m blocks.train --task induction --out runs/induction`."
 
@@ -54,7 +58,19 @@ class PageContext:
 
 
 def checkpoint_file(run_path: Path, step: int) -> Path:
-    return run_path / "checkpoints" / f"step_{step:06d}.safetensors"
+    return checkpoint_files(run_path, step)[0]
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def _status(path: str, stamp: tuple[tuple[str, float, int], ...]) -> list[tuple[int, str | None]]:
+    """checkpoint_status, read again only when a weights file appears, changes or goes (`stamp`)."""
+    return checkpoint_status(Path(path))
+
+
+def cached_checkpoint_status(run_path: Path) -> list[tuple[int, str | None]]:
+    files = sorted((run_path / "checkpoints").glob("step_*.safetensors"))
+    stamp = tuple((f.name, f.stat().st_mtime, f.stat().st_size) for f in files)
+    return _status(str(run_path), stamp)
 
 
 @st.cache_resource(max_entries=16, show_spinner="Loading the checkpoint...")
@@ -75,6 +91,15 @@ def activations(path: str, step: int, mtime: float, tokens: tuple[int, ...]) -> 
 def position_labels(tokenizer: Any, ids: list[int]) -> list[str]:
     """'pos:token' labels, unique even when a token repeats (plotly merges equal category labels)."""
     return [f"{i}:{t}" for i, t in enumerate(tokenizer.token_strs(ids))]
+
+
+def score_batch(tokenizer: Tokenizer, n_ctx: int) -> tuple[torch.Tensor, int]:
+    """[BOS] + r + r rows for the head scores (DESIGN.md), as long as the context allows (n at most 20)."""
+    bos = tokenizer.vocab.index("BOS") if "BOS" in tokenizer.vocab else 0
+    low = 1 if bos == 0 else 0
+    high = tokenizer.d_vocab if bos == 0 else bos
+    n = min(20, (n_ctx - 1) // 2)
+    return repeated_tokens(n, 16, low, high, bos, seed=0), n
 
 
 def _choose_run(root: Path) -> Path | None:
@@ -98,7 +123,11 @@ def _choose_run(root: Path) -> Path | None:
 
 
 def _choose_step(run_path: Path) -> int | None:
-    status = checkpoint_status(run_path)
+    try:
+        status = cached_checkpoint_status(run_path)
+    except (ValueError, OSError, KeyError) as err:
+        st.error(f"Run {run_path.name} cannot be read: {err}")
+        return None
     usable = [step for step, err in status if err is None]
     broken = [(step, err) for step, err in status if err is not None]
     if broken:
@@ -137,7 +166,8 @@ def _prompt_tokens(run: Run) -> list[int] | None:
     try:
         ids = tok.encode(text)
     except UnknownTokenError as err:
-        st.error(f"The prompt holds tokens this run's tokenizer does not know: {', '.join(repr(u) for u in err.unknown)}. {err}")
+        unknown = ', '.join(repr(u) for u in dict.fromkeys(err.unknown))
+        st.error(f"The prompt holds tokens this run's tokenizer does not know: {unknown}. Nothing was dropped; {err}")
         return None
     if len(ids) > n_ctx:
         st.warning(f"The prompt has {len(ids)} tokens but the model's context is {n_ctx}; showing the first {n_ctx}.")

@@ -7,6 +7,7 @@ metrics.jsonl) from a few real optimizer steps, so they take a second, not a tra
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from blocks.tasks.common import dataset_tensors, next_token_nll
 from blocks.tasks.induction import BOS, InductionTask
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # views/ sits beside app.py, outside the installed packages
 APP = str(ROOT / "app.py")
 TASK_OPTIONS = {"seed": 0, "n_symbols": 10, "seq_len": 24, "min_repeat": 3, "max_repeat": 8,
                 "n_train": 64, "n_test": 16, "eval_n": 6, "loss_on": "all"}

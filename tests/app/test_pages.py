@@ -1,0 +1,100 @@
+"""Heads, neurons, lens and ablation pages: every number shown equals what probes returns for the same input."""
+
+from __future__ import annotations
+
+import torch
+
+from blocks.runs import load_run
+from blocks.scores import head_scores
+from blocks.tasks.common import dataset_tensors, next_token_nll
+from probes.ablation import head_ablation, neuron_ablation, run_ablated
+from probes.circuits import copying_score, ov_circuit
+from probes.logit_lens import direct_logit_attribution, logit_lens
+from views.common import score_batch
+
+PROMPT = "BOS 1 2 3 4 5 6 1 2 3 4 5 6"
+
+
+def tokens_of(run, text=PROMPT):
+    return torch.tensor([run.tokenizer.encode(text)])
+
+
+def test_heads_page_scores_and_circuits(app, runs_dir):
+    at = app("heads", run="attn", prompt=PROMPT, head="L1H0")
+    assert not at.exception, at.exception
+    run = load_run(runs_dir / "attn")
+    batch, n = score_batch(run.tokenizer, run.model.cfg.n_ctx)
+    scores = head_scores(run.model, batch, n)
+    table = at.dataframe[0].value.set_index("head")
+    for layer in range(2):
+        for h in range(2):
+            assert table.loc[f"L{layer}H{h}", "induction"] == round(float(scores["induction"][layer, h]), 4)
+            assert table.loc[f"L{layer}H{h}", "previous_token"] == round(float(scores["previous_token"][layer, h]), 4)
+    assert at.metric[0].value == f"{copying_score(ov_circuit(run.model, 1, 0)):.4f}"
+    at.selectbox(key="head").set_value("L0H1").run()
+    assert at.metric[0].value == f"{copying_score(ov_circuit(run.model, 0, 1)):.4f}"
+    assert len(at.tabs) == 2
+
+
+def test_neurons_page(app, runs_dir):
+    at = app("neurons", run="mlp", prompt=PROMPT, neuron_layer=0, neuron_pos=3)
+    assert not at.exception, at.exception
+    run = load_run(runs_dir / "mlp")
+    _, cache = run.model.run_with_cache(tokens_of(run))
+    post = cache["blocks.0.mlp.hook_post"][0, 3]
+    top = post.topk(10)
+    table = at.dataframe[0].value
+    assert table["neuron"].tolist() == [f"L0N{i}" for i in top.indices.tolist()]
+    assert table["activation"].tolist() == [round(v, 4) for v in top.values.tolist()]
+    assert at.number_input(key="neuron").value == int(top.indices[0])
+    at.number_input(key="neuron").set_value(5).run()
+    assert not at.exception
+    import json
+    bars = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]["y"]
+    torch.testing.assert_close(torch.tensor(bars), cache["blocks.0.mlp.hook_post"][0, :, 5])
+
+    at = app("neurons", run="attn", prompt=PROMPT)
+    assert "attention-only" in at.info[0].value
+
+
+def test_lens_page(app, runs_dir):
+    at = app("lens", run="attn", prompt=PROMPT, lens_target="4")
+    assert not at.exception, at.exception
+    run = load_run(runs_dir / "attn")
+    tokens = tokens_of(run)
+    target = run.tokenizer.id("4")
+    lens = logit_lens(run.model, tokens, k=3, target=target)
+    table = at.dataframe[0].value
+    assert table["top token"].tolist() == [run.tokenizer.vocab[int(t)] for t in lens.top_tokens[:, -1, 0]]
+    assert table["target p"].tolist() == [round(float(p), 4) for p in lens.target_probs[:, -1]]
+    dla = direct_logit_attribution(run.model, tokens, target, pos=12)
+    assert f"{dla.total:.4f}" in at.caption[0].value
+    predicted = run.tokenizer.vocab[int(run.model(tokens)[0, -1].argmax())]
+    assert f"predicts **{predicted}**" in at.markdown[0].value
+
+
+def test_ablation_changes_prediction_and_loss(app, runs_dir):
+    at = app("ablate", run="mlp", prompt=PROMPT)
+    assert not at.exception, at.exception
+    run = load_run(runs_dir / "mlp")
+    tokens = tokens_of(run)
+    clean = next_token_nll(run.model(tokens).detach(), tokens).mean()
+    assert at.metric[2].value == f"{float(clean):.4f}"
+
+    at.multiselect(key="ablate_heads").select("L1H0").select("L0H1")
+    at.multiselect(key="ablate_neurons").select("L0N3")
+    at.run()
+    assert not at.exception, at.exception
+    logits = run_ablated(run.model, tokens, [head_ablation(run.model, 0, [1]), neuron_ablation(run.model, 0, [3]),
+                                              head_ablation(run.model, 1, [0])])
+    ablated = next_token_nll(logits, tokens).mean()
+    assert at.metric[2].value == f"{float(ablated):.4f}"
+    assert at.metric[2].delta == f"{float(ablated - clean):+.4f}"
+    assert at.metric[0].value == run.tokenizer.vocab[int(logits[0, -1].argmax())]
+
+    at.radio(key="ablate_mode").set_value("mean").run()
+    ref = dataset_tensors(run.task.dataset("test"))[0][:64]
+    logits = run_ablated(run.model, tokens, [head_ablation(run.model, 0, [1], "mean", ref),
+                                              neuron_ablation(run.model, 0, [3], "mean", ref),
+                                              head_ablation(run.model, 1, [0], "mean", ref)])
+    assert at.metric[2].value == f"{float(next_token_nll(logits, tokens).mean()):.4f}"
