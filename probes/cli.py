@@ -1,0 +1,97 @@
+"""What every probe script shares: its arguments, loading the run, and writing numbers and figures.
+
+A script builds `parser(...)`, defines `body(args, run) -> None`, and ends with
+`main(parser, body, tasks=(...))`. Bad input (no such run, a run of the wrong task, ...)
+ends the script with a one-line error and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+import torch
+
+from blocks.runs import Run, load_run
+
+
+class WrongTaskError(ValueError):
+    """The run was trained on a task this probe does not analyse."""
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every probe script takes: --run, --out, --step, --device, --seed."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--run", required=True, help="run directory written by python -m blocks.train")
+    p.add_argument("--out", required=True, help="folder for the JSON numbers and HTML figures")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest readable one)")
+    p.add_argument("--device", default="cpu", help="torch device to run on (default cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the prompts the probe draws")
+    return p
+
+
+def load(args: argparse.Namespace, tasks: Sequence[str] | None = None) -> Run:
+    """Load `args.run` at `args.step`; raise WrongTaskError unless its task is one of `tasks`."""
+    run = load_run(args.run, step=args.step, device=args.device)
+    name = run.config["task"]["name"]
+    if tasks is not None and name not in tasks:
+        raise WrongTaskError(f"{args.run} is a {name!r} run; this probe needs a run of task {' or '.join(map(repr, tasks))}")
+    return run
+
+
+def write_json(out: str | Path, name: str, data: dict[str, Any]) -> Path:
+    """Write `data` to out/name.json (tensors become lists) and return the path."""
+    path = Path(out) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=_plain))
+    return path
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def write_figure(out: str | Path, name: str, fig: go.Figure) -> Path:
+    """Write `fig` to out/name.html; plotly.js is written once beside it, so the pages work offline."""
+    path = Path(out) / f"{name}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(path, include_plotlyjs="directory")
+    return path
+
+
+def print_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
+    """A plain fixed-width table on stdout (floats to 3 decimals)."""
+    cells = [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+def main(
+    p: argparse.ArgumentParser,
+    body: Callable[[argparse.Namespace, Run], None],
+    tasks: Sequence[str] | None = None,
+    argv: Sequence[str] | None = None,
+) -> None:
+    """Parse arguments, load the run, call body(args, run); bad input exits with status 2 and one line."""
+    args = p.parse_args(argv)
+    torch.set_grad_enabled(False)
+    try:
+        run = load(args, tasks)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        body(args, run)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,104 @@
+"""Find the previous-token and induction heads of an induction run, and test them by ablation.
+
+    python -m probes.induction --run runs/induction --out out/induction
+
+Claims tested (DESIGN.md): zero-ablating the induction head raises the loss on the repeated
+half of [BOS] + r + r by at least 1 nat; zero-ablating the previous-token head destroys the
+induction head's score.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import plotly.graph_objects as go
+import torch
+
+from blocks.runs import Run
+from blocks.tasks.common import masked_mean, next_token_nll
+from probes import cli
+from probes.ablation import Ablation, head_ablation
+from probes.head_scores import THRESHOLD, head_scores, head_scores_figure, repeated_tokens
+
+MIN_LOSS_RISE = 1.0  # nats
+
+
+def repeated_half_loss(run: Run, tokens: torch.Tensor, n: int, ablations: list[Ablation]) -> tuple[float, float]:
+    """(first-half loss, repeated-half loss) of [BOS] + r + r with the ablations applied."""
+    with run.model.hooks(fwd=[a.pair() for a in ablations]):
+        nll = next_token_nll(run.model(tokens), tokens)
+    pos = torch.arange(2 * n)[None].expand_as(nll)
+    return masked_mean(nll, (pos >= 1) & (pos < n)), masked_mean(nll, pos >= n + 1)
+
+
+def body(args: argparse.Namespace, run: Run) -> None:
+    model, task = run.model, run.task
+    if model.cfg.n_layers < 2:
+        raise ValueError(f"an induction circuit needs at least 2 layers; this model has {model.cfg.n_layers}")
+    n = task.eval_n
+    tokens = repeated_tokens(n, 64, 1, task.n_symbols + 1, 0, seed=args.seed).to(args.device)
+    scores = head_scores(model, tokens, n)
+    prev = scores["previous_token"][:-1]  # a previous-token head must sit below the induction head
+    prev_layer, prev_head = divmod(int(prev.argmax()), model.cfg.n_heads)
+    ind = scores["induction"][prev_layer + 1 :]
+    ind_layer, ind_head = divmod(int(ind.argmax()), model.cfg.n_heads)
+    ind_layer += prev_layer + 1
+
+    clean = repeated_half_loss(run, tokens, n, [])
+    ablate_ind = head_ablation(model, ind_layer, [ind_head])
+    ablate_prev = head_ablation(model, prev_layer, [prev_head])
+    no_ind = repeated_half_loss(run, tokens, n, [ablate_ind])
+    no_prev = repeated_half_loss(run, tokens, n, [ablate_prev])
+    with model.hooks(fwd=[ablate_prev.pair()]):
+        ind_score_without_prev = float(head_scores(model, tokens, n)["induction"][ind_layer, ind_head])
+
+    found = {
+        "previous_token_head": {"layer": prev_layer, "head": prev_head,
+                                "score": float(scores["previous_token"][prev_layer, prev_head])},
+        "induction_head": {"layer": ind_layer, "head": ind_head, "score": float(scores["induction"][ind_layer, ind_head])},
+        "loss": {"clean": {"first_half": clean[0], "repeated_half": clean[1]},
+                 "induction_head_ablated": {"first_half": no_ind[0], "repeated_half": no_ind[1]},
+                 "previous_token_head_ablated": {"first_half": no_prev[0], "repeated_half": no_prev[1]}},
+        "induction_score_with_previous_token_head_ablated": ind_score_without_prev,
+    }
+    found["checks"] = {
+        "previous_token_head_above_threshold": found["previous_token_head"]["score"] > THRESHOLD,
+        "induction_head_above_threshold": found["induction_head"]["score"] > THRESHOLD,
+        "ablating_induction_head_raises_loss_by_1_nat": no_ind[1] - clean[1] >= MIN_LOSS_RISE,
+        "ablating_previous_token_head_destroys_induction_score": ind_score_without_prev < THRESHOLD,
+    }
+    found["scores"] = {k: v for k, v in scores.items()}
+    found["run"], found["step"] = str(run.path), run.step
+
+    print(f"run {run.path} at step {run.step}: [BOS] + r + r, n={n}, 64 prompts")
+    cli.print_table(
+        [["previous-token head", f"L{prev_layer}H{prev_head}", found["previous_token_head"]["score"]],
+         ["induction head", f"L{ind_layer}H{ind_head}", found["induction_head"]["score"]],
+         ["induction score, prev-token head ablated", f"L{ind_layer}H{ind_head}", ind_score_without_prev]],
+        ["", "head", "score"],
+    )
+    print()
+    cli.print_table(
+        [["clean", clean[0], clean[1]], [f"ablate L{ind_layer}H{ind_head}", no_ind[0], no_ind[1]],
+         [f"ablate L{prev_layer}H{prev_head}", no_prev[0], no_prev[1]]],
+        ["loss", "first half", "repeated half"],
+    )
+    print()
+    for check, ok in found["checks"].items():
+        print(f"{'PASS' if ok else 'FAIL'}  {check.replace('_', ' ')}")
+
+    cli.write_json(args.out, "induction", found)
+    cli.write_figure(args.out, "previous_token_scores", head_scores_figure(scores["previous_token"], "previous-token score"))
+    cli.write_figure(args.out, "induction_scores", head_scores_figure(scores["induction"], "induction score"))
+    bars = go.Figure(go.Bar(x=["clean", f"ablate L{ind_layer}H{ind_head}", f"ablate L{prev_layer}H{prev_head}"],
+                            y=[clean[1], no_ind[1], no_prev[1]]))
+    bars.update_layout(title="loss on the repeated half", yaxis_title="nats")
+    cli.write_figure(args.out, "ablation_loss", bars)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(cli.parser(__doc__.splitlines()[0]), body, tasks=("induction",), argv=argv)
+
+
+if __name__ == "__main__":
+    main()

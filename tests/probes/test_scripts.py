@@ -1,0 +1,88 @@
+"""Each probe script end to end on a tiny run trained for a few steps inside the test."""
+
+import json
+
+import pytest
+
+from blocks.tasks import get_task
+from blocks.train_config import TrainConfig
+from blocks.trainer import Trainer
+from probes import flow, grokking, induction, linear_probe, patching
+
+TINY = {
+    "induction": dict(n_symbols=8, seq_len=16, min_repeat=3, max_repeat=6, n_train=64, n_test=16, eval_n=6),
+    "sort": dict(list_len=4, n_values=8, n_train=64, n_test=32),
+    "modular_addition": dict(p=7, frac_train=0.5),
+    "text": dict(seq_len=16, max_chars=3000, source="../shared/data/tinyshakespeare/input.txt"),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for name, options in TINY.items():
+        task = get_task(name, **options)
+        cfg = TrainConfig(steps=2, batch_size=8, warmup_steps=0, eval_every=2, log_every=1, n_checkpoints=2,
+                          device="cpu", bf16=False)
+        Trainer(task, task.default_model_config(), cfg, root / name, progress=False).run()
+        out[name] = root / name
+    return out
+
+
+def _json(path):
+    return json.loads(path.read_text())
+
+
+def test_induction_names_heads_and_reports_ablations(runs, tmp_path, capsys):
+    induction.main(["--run", str(runs["induction"]), "--out", str(tmp_path)])
+    data = _json(tmp_path / "induction.json")
+    assert set(data["checks"]) == {
+        "previous_token_head_above_threshold", "induction_head_above_threshold",
+        "ablating_induction_head_raises_loss_by_1_nat", "ablating_previous_token_head_destroys_induction_score",
+    }
+    assert data["induction_head"]["layer"] > data["previous_token_head"]["layer"]
+    assert (tmp_path / "induction_scores.html").stat().st_size > 1000
+    assert "induction head" in capsys.readouterr().out
+
+
+def test_patching_and_flow(runs, tmp_path, capsys):
+    run = str(runs["induction"])
+    patching.main(["--run", run, "--out", str(tmp_path), "--clean", "BOS 1 2 3 1 2", "--corrupted", "BOS 1 2 4 1 2",
+                   "--answer", "3", "--wrong", "4"])
+    data = _json(tmp_path / "patching.json")
+    assert len(data["results"]["resid_pre"]["values"]) == 2  # layers
+    assert len(data["results"]["heads_by_pos"]["values"][0][0]) == 6  # positions
+    assert (tmp_path / "patching_heads_by_pos.html").exists()
+    flow.main(["--run", run, "--out", str(tmp_path), "--prompt", "BOS 1 2 3 1 2", "--tau", "0.02"])
+    data = _json(tmp_path / "flow.json")
+    assert data["nodes"][0] == {"layer": 2, "pos": 5, "kind": "resid_pre"}
+    assert (tmp_path / "flow.html").exists()
+
+
+def test_linear_probe_and_grokking(runs, tmp_path):
+    for name, feature in (("sort", "smaller_than_previous"), ("text", "vowel"), ("induction", "previous_token_low")):
+        linear_probe.main(["--run", str(runs[name]), "--out", str(tmp_path), "--feature", feature, "--rows", "16"])
+        data = _json(tmp_path / f"probe_{feature}.json")
+        assert len(data["task_accuracy"]) == len(data["streams"]) == len(data["random_model_task_accuracy"])
+    grokking.main(["--run", str(runs["modular_addition"]), "--out", str(tmp_path), "--keys", "2"])
+    data = _json(tmp_path / "grokking.json")
+    assert data["p"] == 7 and 0.0 <= data["explained"] <= 1.0
+    assert (tmp_path / "curves.html").exists()
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    (grokking, ["--run", "{induction}"], "needs a run of task 'modular_addition'"),
+    (linear_probe, ["--run", "{modular_addition}"], "needs a run of task"),
+    (linear_probe, ["--run", "{sort}", "--feature", "vowel"], "has the features"),
+    (induction, ["--run", "/nonexistent/run"], "not a run directory"),
+    (patching, ["--run", "{induction}", "--clean", "BOS 1 2", "--corrupted", "BOS 1"], "same length"),
+    (patching, ["--run", "{induction}", "--clean", "BOS 1 2"], "give both"),
+])
+def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys, script, argv, message):
+    argv = [a.format(**{k: str(v) for k, v in runs.items()}) for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(argv + ["--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
