@@ -48,12 +48,16 @@ def default_run(root: Path) -> str:
     return path.name
 
 
-def timed(at: AppTest) -> float:
+def timed(at: AppTest, flow: bool = True) -> float:
+    """Seconds for one rerun; checks the flow page really drew its routes (not a message instead)."""
     start = time.perf_counter()
     at.run()
     took = time.perf_counter() - start
     if at.exception:
         raise RuntimeError(f"the app raised: {at.exception[0].value}")
+    if flow and not any("nodes and" in c.value for c in at.caption):
+        shown = [e.value for kind in ("error", "warning", "info") for e in getattr(at, kind)]
+        raise RuntimeError(f"the flow page drew no routes; it showed {shown}")
     return took
 
 
@@ -76,7 +80,7 @@ def main() -> int:
 
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
     at.session_state["run"] = name
-    first_overview = timed(at)
+    first_overview = timed(at, flow=False)
     at.switch_page("views/flow.py")
     first_flow = timed(at)
     task = get_task(json.loads((root / name / "config.json").read_text())["task"]["name"],

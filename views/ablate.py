@@ -1,11 +1,13 @@
-"""Ablate and patch: knock out heads or neurons and see the prediction and the loss change."""
+"""Ablate and patch: knock out heads or neurons and see the prediction and loss change; patch heads between two prompts."""
 
 import plotly.graph_objects as go
 import streamlit as st
 import torch
 
 from blocks.tasks.common import dataset_tensors, next_token_nll
+from blocks.tasks.base import UnknownTokenError
 from probes.ablation import head_ablation, neuron_ablation, run_ablated
+from probes.activation_patching import logit_diff_metric, patch_heads, patching_figure
 from views.common import page_context
 
 
@@ -75,3 +77,32 @@ if clean_nll.numel():
                       xaxis_title="position", yaxis_title="nats")
     fig.update_xaxes(type="category")
     st.plotly_chart(fig, key="ablate_losses")
+
+st.subheader("Patch: which heads carry the difference between two prompts")
+st.caption("Run a corrupted prompt with one head's output (all positions) taken from the clean prompt above; "
+           "1 means that head alone restores the clean logit difference, 0 that it changes nothing.")
+if "patch_corrupted" not in st.session_state:
+    seed = st.session_state.get("example_seed", 0) + 1000
+    st.session_state["patch_corrupted"] = tok.decode(ctx.run.task.example(seed))
+corrupted_text = st.text_area("Corrupted prompt (same number of tokens)", key="patch_corrupted", height=70)
+try:
+    corrupted = torch.tensor([tok.encode(corrupted_text)])
+except UnknownTokenError as err:
+    st.error(f"The corrupted prompt holds unknown tokens: {err}")
+    st.stop()
+if corrupted.shape != ctx.tokens.shape:
+    st.info(f"The corrupted prompt has {corrupted.shape[1]} tokens and the clean one {ctx.tokens.shape[1]}; "
+            "patching needs the same length.")
+    st.stop()
+answer = top_clean
+with torch.no_grad():
+    wrong = int(model(corrupted)[0, -1].argmax())
+if wrong == answer:
+    wrong = int(p_clean.topk(2).indices[1])
+result = patch_heads(model, ctx.tokens, corrupted, logit_diff_metric(answer, wrong))
+st.markdown(f"Metric: logit of **{tok.vocab[answer]}** minus logit of **{tok.vocab[wrong]}** after the last token: "
+            f"clean {result.clean:.4f}, corrupted {result.corrupted:.4f}.")
+if result.clean == result.corrupted:
+    st.info("The two prompts give the same logit difference, so there is nothing to restore.")
+else:
+    st.plotly_chart(patching_figure(result), key="patch_fig")

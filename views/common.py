@@ -18,6 +18,7 @@ Every selection lives in `st.session_state` under these keys, which tests may se
 | `lens_pos`, `lens_target` | position and token (string) the lens and attribution follow |
 | `ablate_heads`, `ablate_neurons` | lists of "L0H1" and "L0N5" labels to ablate |
 | `ablate_mode` | "zero" or "mean" |
+| `patch_corrupted` | the corrupted prompt the heads are patched into |
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from views.paths import RunPathError, list_runs, resolve_run, runs_root
 STATE_KEYS = (
     "run", "step", "prompt", "example_seed", "overview_score", "flow_threshold", "flow_target", "flow_pick",
     "head", "heads_score", "neuron_layer", "neuron_pos", "neuron", "lens_pos", "lens_target",
-    "ablate_heads", "ablate_neurons", "ablate_mode",
+    "ablate_heads", "ablate_neurons", "ablate_mode", "patch_corrupted",
 )
 TRAIN_HINT = "Train one with `make app` (it trains the default induction model first) or `python -m blocks.train --task induction --out runs/induction`."
 

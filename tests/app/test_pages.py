@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from blocks.runs import load_run
 from blocks.scores import head_scores
 from blocks.tasks.common import dataset_tensors, next_token_nll
 from probes.ablation import head_ablation, neuron_ablation, run_ablated
+from probes.activation_patching import logit_diff_metric, patch_heads
 from probes.circuits import copying_score, ov_circuit
 from probes.logit_lens import direct_logit_attribution, logit_lens
 from views.common import score_batch
@@ -49,7 +52,6 @@ def test_neurons_page(app, runs_dir):
     assert at.number_input(key="neuron").value == int(top.indices[0])
     at.number_input(key="neuron").set_value(5).run()
     assert not at.exception
-    import json
     bars = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]["y"]
     torch.testing.assert_close(torch.tensor(bars), cache["blocks.0.mlp.hook_post"][0, :, 5])
 
@@ -98,3 +100,22 @@ def test_ablation_changes_prediction_and_loss(app, runs_dir):
                                               neuron_ablation(run.model, 0, [3], "mean", ref),
                                               head_ablation(run.model, 1, [0], "mean", ref)])
     assert at.metric[2].value == f"{float(next_token_nll(logits, tokens).mean()):.4f}"
+
+
+def test_patching_heads_between_two_prompts(app, runs_dir):
+    corrupted_text = "BOS 1 2 3 4 5 6 7 8 9 0 1 2"
+    at = app("ablate", run="attn", prompt=PROMPT, patch_corrupted=corrupted_text)
+    assert not at.exception, at.exception
+    run = load_run(runs_dir / "attn")
+    clean, corrupted = tokens_of(run), tokens_of(run, corrupted_text)
+    with torch.no_grad():
+        answer, wrong = int(run.model(clean)[0, -1].argmax()), int(run.model(corrupted)[0, -1].argmax())
+    if wrong == answer:
+        wrong = int(run.model(clean)[0, -1].topk(2).indices[1])
+    result = patch_heads(run.model, clean, corrupted, logit_diff_metric(answer, wrong))
+    assert f"clean {result.clean:.4f}, corrupted {result.corrupted:.4f}" in at.markdown[0].value
+    z = json.loads(at.get("plotly_chart")[-1].proto.spec)["data"][0]["z"]
+    torch.testing.assert_close(torch.tensor(z), result.normalized(), atol=1e-5, rtol=1e-4)
+
+    at.text_area(key="patch_corrupted").input("BOS 1 2").run()
+    assert "patching needs the same length" in at.info[0].value
