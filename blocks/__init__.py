@@ -5,3 +5,11 @@ from blocks.config import TransformerConfig
 from blocks.transformer import Transformer
 
 __all__ = ["ActivationCache", "ComponentStack", "Transformer", "TransformerConfig"]
+
+
+def __getattr__(name: str):  # load_run pulls in datasets; import it only when someone asks
+    if name in ("load_run", "list_checkpoints", "checkpoint_status", "Run"):
+        from blocks import runs
+
+        return getattr(runs, name)
+    raise AttributeError(f"module 'blocks' has no attribute {name!r}")

@@ -122,6 +122,18 @@ class Task(ABC):
     def options(self) -> dict[str, Any]:
         """The keyword arguments that rebuild this task (saved in the run's config.json)."""
 
+    def use_tokenizer(self, tokenizer: Tokenizer) -> None:
+        """Adopt a run's saved tokenizer; tasks with a fixed vocabulary only check that it matches."""
+        if tokenizer != self.tokenizer:
+            raise ValueError(
+                f"the saved tokenizer ({tokenizer.d_vocab} tokens) differs from task {self.name!r}'s own "
+                f"({self.tokenizer.d_vocab} tokens); the run was made with other task options or code"
+            )
+
+    def milestone(self) -> str | None:
+        """An evaluate() key that turns 1.0 when the task's published result is reached (or None)."""
+        return None
+
     def default_model_config(self) -> TransformerConfig:
         """The model a plain `python -m blocks.train --task NAME` trains."""
         return TransformerConfig(d_vocab=self.tokenizer.d_vocab, n_ctx=self.seq_len)

@@ -1,0 +1,75 @@
+"""Sorting: `BOS x1 .. xn SEP y1 .. yn` where y is x sorted; only the y predictions count."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import datasets
+import torch
+
+from blocks.config import TransformerConfig
+from blocks.tasks.base import Task, Tokenizer
+from blocks.tasks.common import masked_eval, to_dataset
+
+
+class SortTask(Task):
+    """Lists of `list_len` numbers drawn uniformly from [0, n_values) (repeats allowed), then their sorted copy."""
+
+    name = "sort"
+
+    def __init__(self, seed: int = 0, list_len: int = 10, n_values: int = 50, n_train: int = 50_000, n_test: int = 2_000) -> None:
+        super().__init__(seed)
+        if list_len < 2 or n_values < 2:
+            raise ValueError(f"need list_len >= 2 and n_values >= 2, got {list_len}, {n_values}")
+        if n_train <= 0 or n_test <= 0:
+            raise ValueError(f"n_train and n_test must be positive, got {n_train}, {n_test}")
+        self.list_len, self.n_values, self.n_train, self.n_test = list_len, n_values, n_train, n_test
+        self._tokenizer = Tokenizer([str(i) for i in range(n_values)] + ["BOS", "SEP"], separator=" ")
+        self.bos, self.sep = n_values, n_values + 1
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._tokenizer
+
+    @property
+    def seq_len(self) -> int:
+        return 2 * self.list_len + 2
+
+    def options(self) -> dict[str, Any]:
+        return {"seed": self.seed, "list_len": self.list_len, "n_values": self.n_values,
+                "n_train": self.n_train, "n_test": self.n_test}
+
+    def generate(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randint(0, self.n_values, (n, self.list_len), generator=gen)
+        tokens = torch.cat([torch.full((n, 1), self.bos), x, torch.full((n, 1), self.sep), x.sort(-1).values], dim=1)
+        mask = torch.zeros_like(tokens)
+        mask[:, self.list_len + 1 : -1] = 1  # from SEP on, each position predicts the next sorted value
+        return tokens, mask
+
+    def dataset(self, split: str) -> datasets.Dataset:
+        sizes = {"train": (self.n_train, 0), "test": (self.n_test, 1)}
+        if split not in sizes:
+            raise ValueError(f"split must be one of {list(sizes)}, got {split!r}")
+        n, offset = sizes[split]
+        return to_dataset(*self.generate(n, seed=2 * self.seed + offset + 1_000_003 * offset))
+
+    def example(self, seed: int) -> list[int]:
+        return self.generate(1, seed=seed + 7_919)[0][0, : self.list_len + 2].tolist()
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        ds = self.dataset("test").with_format("torch")
+        loss, token_acc, seq_acc = masked_eval(model, ds["tokens"], ds["loss_mask"], batch=1024)
+        return {"test_loss": loss, "token_acc": token_acc, "seq_acc": seq_acc, "solved": float(token_acc > 0.99)}
+
+    def milestone(self) -> str | None:
+        return "solved"
+
+    def default_model_config(self) -> TransformerConfig:
+        return TransformerConfig(n_layers=1, d_model=128, n_heads=2, d_vocab=self._tokenizer.d_vocab,
+                                 n_ctx=self.seq_len, attn_only=True)
+
+    def default_train_config(self) -> dict[str, Any]:
+        return {"steps": 4000, "batch_size": 64, "lr": 1e-3, "warmup_steps": 100, "schedule": "cosine",
+                "weight_decay": 0.01, "eval_every": 200}

@@ -1,0 +1,331 @@
+"""The training loop: AdamW with warm-up and a schedule, masked next-token loss, evaluation,
+checkpoints on a geometric schedule, exact resume, Ctrl-C and NaN handling, and DDP under torchrun.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from tqdm import tqdm
+
+from blocks.checkpoints import CHECKPOINTS, checkpoint_steps, load_training_state, restore_rng, save_checkpoint
+from blocks.config import TransformerConfig
+from blocks.runs import CONFIG, METRICS, read_config, read_metrics
+from blocks.saving import atomic_write_bytes, check_state_dict
+from blocks.scores import head_scores, repeated_tokens
+from blocks.tasks.base import Task
+from blocks.tasks.common import dataset_tensors, next_token_nll
+from blocks.train_config import TrainConfig
+from blocks.transformer import Transformer
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run stopped and its last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    step: int
+    interrupted: bool
+    final_loss: float
+    milestone_step: int | None
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for update number `step` (0-based): linear warm-up, then the schedule to min_lr_frac * lr."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * shape)
+
+
+def checkpoint_schedule(cfg: TrainConfig) -> set[int]:
+    """Step 0, about n_checkpoints geometrically spaced steps (dense early, sparse late), and the last."""
+    n = cfg.n_checkpoints
+    steps = {round(cfg.steps ** (i / max(1, n - 1))) for i in range(n)}
+    return steps | {0, cfg.steps}
+
+
+def pick_device(name: str) -> torch.device:
+    if name != "auto":
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device; use --device cpu or auto")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def run_config(task: Task, model_cfg: TransformerConfig, train_cfg: TrainConfig) -> dict[str, Any]:
+    """The config.json of a run, checking that its parts agree with each other."""
+    if model_cfg.d_vocab != task.tokenizer.d_vocab:
+        raise ValueError(f"d_vocab={model_cfg.d_vocab} but task {task.name!r} has {task.tokenizer.d_vocab} tokens; leave d_vocab unset")
+    if model_cfg.n_ctx < task.seq_len:
+        raise ValueError(f"n_ctx={model_cfg.n_ctx} is shorter than task {task.name!r}'s sequences ({task.seq_len}); use n_ctx >= {task.seq_len}")
+    return {
+        "model": model_cfg.to_dict(),
+        "task": {"name": task.name, "options": task.options()},
+        "train": train_cfg.to_dict(),
+        "tokenizer": task.tokenizer.to_dict(),
+    }
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    out = []
+    for section in ("model", "task", "tokenizer", "train"):
+        a, b = dict(old.get(section, {})), dict(new.get(section, {}))
+        if section == "train":
+            a.pop("device", None), b.pop("device", None)
+        if section == "tokenizer":
+            if a != b:
+                out.append(f"tokenizer: the run's has {len(a.get('vocab', []))} tokens, this one {len(b.get('vocab', []))}")
+            continue
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                out.append(f"{section}.{key}: run has {a.get(key)!r}, now {b.get(key)!r}")
+    return out
+
+
+def prepare_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool) -> None:
+    """Refuse an --out holding another run (unless overwrite); on resume, refuse a config that differs."""
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: continue the run, or start it over")
+    has_run = (out / CONFIG).is_file()
+    if resume:
+        if not has_run:
+            raise FileNotFoundError(f"nothing to resume: {out} holds no run (no {CONFIG})")
+        diffs = _differences(read_config(out), config)
+        if diffs:
+            raise ValueError(f"cannot resume {out} with a different config: " + "; ".join(diffs))
+        return
+    if has_run or (out / CHECKPOINTS).exists() or (out / METRICS).exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+        (out / METRICS).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / CONFIG, json.dumps(config, indent=2).encode())
+
+
+class Trainer:
+    """Trains `task` with `model_cfg` under `train_cfg`, writing the run directory `out`.
+
+    Data order depends only on (seed, step), and the learning rate is a function of the step,
+    so a resumed run sees exactly the batches and rates the uninterrupted one would.
+    """
+
+    def __init__(
+        self, task: Task, model_cfg: TransformerConfig, train_cfg: TrainConfig, out: str | Path,
+        resume: bool = False, overwrite: bool = False, progress: bool = True,
+    ) -> None:
+        self.task, self.model_cfg, self.cfg, self.out = task, model_cfg, train_cfg, Path(out)
+        self.progress = progress
+        self.world, self.rank = 1, 0
+        self.device = pick_device(train_cfg.device)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            self.world, self.rank = dist.get_world_size(), dist.get_rank()
+        if train_cfg.batch_size % self.world:
+            raise ValueError(f"batch_size={train_cfg.batch_size} does not split across {self.world} processes; use a multiple of {self.world}")
+        self.config = run_config(task, model_cfg, train_cfg)
+        if self.rank == 0:
+            prepare_out(self.out, self.config, resume, overwrite)
+        self._barrier()
+        torch.manual_seed(train_cfg.seed)
+        self.model = Transformer(model_cfg).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=train_cfg.lr, betas=(train_cfg.beta1, train_cfg.beta2),
+            weight_decay=train_cfg.weight_decay,
+        )
+        self.tokens, self.mask = dataset_tensors(task.dataset("train"))
+        if self.tokens.shape[1] > model_cfg.n_ctx:
+            raise ValueError(f"the task's sequences have {self.tokens.shape[1]} tokens but n_ctx is {model_cfg.n_ctx}")
+        self.step, self.elapsed, self.milestone_step = 0, 0.0, None
+        if resume:
+            self._resume()
+        self.ddp = self._wrap_ddp()
+        self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    # --- set-up -------------------------------------------------------------------------
+    def _wrap_ddp(self) -> torch.nn.Module:
+        if self.world == 1:
+            return self.model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def _resume(self) -> None:
+        steps = checkpoint_steps(self.out)
+        errors = []
+        for step in reversed(steps):
+            try:
+                weights, optim, state = load_training_state(self.out, step)
+                check_state_dict(self.model, weights, source=f"checkpoint {step} of {self.out}")
+                break
+            except (ValueError, FileNotFoundError) as err:
+                errors.append(str(err))
+        else:
+            raise FileNotFoundError(f"no resumable checkpoint in {self.out}" + (": " + "; ".join(errors) if errors else ""))
+        self.model.load_state_dict(weights)
+        self.optimizer.load_state_dict(optim)
+        restore_rng(state["rng"])
+        self.step, self.elapsed = state["step"], state.get("elapsed_s", 0.0)
+        self.milestone_step = state.get("milestone_step")
+        if self.rank == 0:  # drop numbers logged after the checkpoint: the resumed run logs them again
+            kept = [m for m in read_metrics(self.out) if m.get("step", 0) <= self.step]
+            atomic_write_bytes(self.out / METRICS, "".join(json.dumps(m) + "\n" for m in kept).encode())
+
+    # --- data and loss --------------------------------------------------------------------
+    def batch_indices(self, step: int) -> Tensor:
+        """Rows of the global batch for update `step`: a fresh permutation each epoch, from (seed, epoch)."""
+        n, b = self.tokens.shape[0], self.cfg.batch_size
+        if b >= n:
+            return torch.arange(n)
+        per_epoch = n // b
+        epoch, j = divmod(step, per_epoch)
+        if epoch != self._perm_epoch:
+            gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(n, generator=gen), epoch
+        return self._perm[j * b : (j + 1) * b]
+
+    def _loss(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """(loss to backpropagate on this process, global mean loss) for the global batch `rows`."""
+        local = rows.chunk(self.world)[self.rank] if self.world > 1 else rows
+        tokens = self.tokens[local].to(self.device, non_blocking=True)
+        mask = self.mask[local, :-1].to(self.device, non_blocking=True).float()
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda" and self.cfg.bf16 else contextlib.nullcontext()
+        )
+        with autocast:
+            logits = self.ddp(tokens)
+        total = (next_token_nll(logits, tokens) * mask).sum()
+        count = mask.sum()
+        if self.world > 1:  # normalise by the global count, so the mean over processes is the global mean
+            stats = torch.stack([total.detach(), count])
+            dist.all_reduce(stats)
+            global_loss, global_count = stats[0] / stats[1].clamp(min=1), stats[1]
+            return total * self.world / global_count.clamp(min=1), global_loss
+        loss = total / count.clamp(min=1)
+        return loss, loss.detach()
+
+    # --- logging and evaluation -------------------------------------------------------------
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        line = (json.dumps(record) + "\n").encode()
+        # one O_APPEND write per line: readers see whole lines (read_metrics skips a torn last one)
+        fd = os.open(self.out / METRICS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+    def evaluate(self) -> dict[str, Any]:
+        self.model.eval()
+        try:
+            numbers = {f"eval/{k}": v for k, v in self.task.evaluate(self.model).items()}
+            n = min(20, (self.model_cfg.n_ctx - 1) // 2)
+            if n >= 4:
+                tokens = repeated_tokens(n, 16, 1, self.model_cfg.d_vocab, 0, seed=self.cfg.seed + 99)
+                numbers["head_scores"] = {k: v.tolist() for k, v in head_scores(self.model, tokens, n).items()}
+        finally:
+            self.model.train()
+        return numbers
+
+    def _save(self) -> None:
+        if self.rank == 0:
+            save_checkpoint(self.out, self.step, self.model, self.optimizer,
+                            {"elapsed_s": self.elapsed, "milestone_step": self.milestone_step})
+        self._barrier()
+
+    def _eval_and_log(self, saved: set[int]) -> None:
+        if self.rank == 0:
+            numbers = self.evaluate()
+            self._log({"step": self.step, **numbers, "elapsed_s": round(self.elapsed, 3)})
+            key = self.task.milestone()
+            if key and self.milestone_step is None and numbers.get(f"eval/{key}") == 1.0:
+                self.milestone_step = self.step
+                self._log({"step": self.step, "milestone": key, "elapsed_s": round(self.elapsed, 3)})
+                if self.step not in saved:
+                    save_checkpoint(self.out, self.step, self.model, self.optimizer,
+                                    {"elapsed_s": self.elapsed, "milestone_step": self.milestone_step})
+                    saved.add(self.step)
+        self._barrier()
+
+    # --- the loop -----------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        """Train to `steps`; Ctrl-C saves a checkpoint and returns; a NaN loss raises TrainingDiverged."""
+        cfg = self.cfg
+        schedule = checkpoint_schedule(cfg)
+        saved: set[int] = set()
+        self.model.train()
+        if self.step == 0:
+            self._eval_and_log(saved)
+            self._save()
+            saved.add(0)
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress or self.rank != 0, desc=self.task.name)
+        loss_value, interrupted = float("nan"), False
+        try:
+            while self.step < cfg.steps:
+                started = time.perf_counter()
+                lr = lr_at(self.step, cfg)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                loss, global_loss = self._loss(self.batch_indices(self.step))
+                loss_value = float(global_loss)
+                if not math.isfinite(loss_value):
+                    last = max((s for s in checkpoint_steps(self.out) if s <= self.step), default=None)
+                    self._log({"step": self.step + 1, "stopped": "non-finite loss", "train_loss": str(loss_value)})
+                    raise TrainingDiverged(
+                        f"the loss became {loss_value} at step {self.step + 1} (lr {lr:.3g}); the run stopped. "
+                        f"The last good checkpoint is step {last}; try a lower lr or more warm-up"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                self.step += 1
+                self.elapsed += time.perf_counter() - started
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    self._log({"step": self.step, "train_loss": loss_value, "lr": lr, "elapsed_s": round(self.elapsed, 3)})
+                    bar.set_postfix(loss=f"{loss_value:.4f}")
+                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                    started = time.perf_counter()
+                    self._eval_and_log(saved)
+                    self.elapsed += time.perf_counter() - started
+                if self.step in schedule and self.step not in saved:
+                    self._save()
+                    saved.add(self.step)
+                bar.update(1)
+        except KeyboardInterrupt:
+            interrupted = True
+            if self.step not in saved:
+                self._save()
+        finally:
+            bar.close()
+        return TrainResult(self.out, self.step, interrupted, loss_value, self.milestone_step)
+
