@@ -201,12 +201,19 @@ def information_flow(
             mlp_denom.append(prox.sum(-1).clamp_min(1e-30))
             mlp_imp.append(prox / mlp_denom[-1][:, None])
 
-    def head_split(layer: int, i: int, j: int) -> Tensor:
+    def head_splits(layer: int, pairs: list[tuple[int, int, int]]) -> None:
+        """Per-head importances of the kept attention edges (edge index, query i, key j), in one batch."""
+        if not pairs:
+            return
+        e, i, j = (torch.tensor(c) for c in zip(*pairs))
         attn = model.blocks[layer].attn
-        a = cache[f"blocks.{layer}.attn.hook_pattern"][0, :, i, j]  # n_heads
-        vo = einops.einsum(cache[f"blocks.{layer}.attn.hook_v"][0, j], attn.W_O, "n_heads d_head, n_heads d_head d_model -> n_heads d_model")
-        y = cache[f"blocks.{layer}.hook_{'resid_post' if attn_only else 'resid_mid'}"][0, i]
-        return (_proximity(y, a[:, None] * vo) / attn_denom[layer][i]).cpu()
+        a = cache[f"blocks.{layer}.attn.hook_pattern"][0][:, i, j].T  # edge n_heads
+        v = cache[f"blocks.{layer}.attn.hook_v"][0][j]  # edge n_heads d_head
+        parts = a[..., None] * einops.einsum(v, attn.W_O, "edge n_heads d_head, n_heads d_head d_model -> edge n_heads d_model")
+        y = cache[f"blocks.{layer}.hook_{'resid_post' if attn_only else 'resid_mid'}"][0][i]
+        split = (_proximity(y[:, None], parts) / attn_denom[layer][i][:, None]).cpu()
+        for k, edge in enumerate(e.tolist()):
+            heads_of[edge] = split[k]
 
     def neuron_split(layer: int, i: int) -> Tensor:
         mlp = model.blocks[layer].mlp
@@ -253,6 +260,7 @@ def information_flow(
             into, dst_layer = "resid_pre", layer + 1
         kept = _keep(attn_imp[layer], tau)
         pres: set[int] = set()
+        pending: list[tuple[int, int, int]] = []
         for i in sorted(frontier):
             dst = node(dst_layer, i, into)  # type: ignore[arg-type]
             row = kept[i]
@@ -261,10 +269,11 @@ def information_flow(
                 pres.add(i)
             for j in torch.nonzero(row[1 : n + 1]).flatten().tolist():
                 edges.append(FlowEdge(node(layer, j, "resid_pre"), dst, float(row[1 + j]), "attn"))
-                heads_of[len(edges) - 1] = head_split(layer, i, j)
+                pending.append((len(edges) - 1, i, j))
                 pres.add(j)
             if row[n + 1] > 0:
                 edges.append(FlowEdge(node(layer, i, "b_O"), dst, float(row[n + 1]), "bias"))
+        head_splits(layer, pending)
         frontier = pres
     return FlowGraph(nodes, edges, heads_of, neurons_of, target, tau, L, attn_only, index)
 
