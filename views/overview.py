@@ -41,6 +41,7 @@ if entries:
     score = st.selectbox("Head score over training", scores, key="overview_score")
     fig = head_scores_over_steps_figure(steps, entries, score)
     nearest = min(steps, key=lambda s: abs(s - step))
+    fig.update_xaxes(type="category")  # steps are labels; a numeric axis would misplace the marker
     fig.add_vline(x=steps.index(nearest), line_color="red", annotation_text=f"shown: step {step}")
     fig.update_layout(height=140 + 22 * cfg.n_layers * cfg.n_heads)
     st.plotly_chart(fig, key="overview_heads")
