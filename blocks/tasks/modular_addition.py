@@ -10,7 +10,7 @@ from torch import Tensor
 
 from blocks.config import TransformerConfig
 from blocks.tasks.base import Task, Tokenizer
-from blocks.tasks.common import masked_eval, to_dataset
+from blocks.tasks.common import dataset_tensors, masked_eval, to_dataset
 
 
 class ModularAdditionTask(Task):
@@ -71,8 +71,8 @@ class ModularAdditionTask(Task):
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         out = {}
         for split in ("train", "test"):
-            ds = self.dataset(split).with_format("torch")
-            loss, acc, _ = masked_eval(model, ds["tokens"], ds["loss_mask"], batch=4096)
+            tokens, mask = dataset_tensors(self.dataset(split))
+            loss, acc, _ = masked_eval(model, tokens, mask, batch=4096)
             out[f"{split}_loss"], out[f"{split}_acc"] = loss, acc
         out["grokked"] = float(out["test_acc"] > 0.99)
         return out

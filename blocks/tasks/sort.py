@@ -9,7 +9,7 @@ import torch
 
 from blocks.config import TransformerConfig
 from blocks.tasks.base import Task, Tokenizer
-from blocks.tasks.common import masked_eval, to_dataset
+from blocks.tasks.common import dataset_tensors, masked_eval, to_dataset
 
 
 class SortTask(Task):
@@ -59,8 +59,8 @@ class SortTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        ds = self.dataset("test").with_format("torch")
-        loss, token_acc, seq_acc = masked_eval(model, ds["tokens"], ds["loss_mask"], batch=1024)
+        tokens, mask = dataset_tensors(self.dataset("test"))
+        loss, token_acc, seq_acc = masked_eval(model, tokens, mask, batch=1024)
         return {"test_loss": loss, "token_acc": token_acc, "seq_acc": seq_acc, "solved": float(token_acc > 0.99)}
 
     def milestone(self) -> str | None:

@@ -10,7 +10,7 @@ import torch
 
 from blocks.config import TransformerConfig
 from blocks.tasks.base import Task, Tokenizer
-from blocks.tasks.common import masked_eval, to_dataset
+from blocks.tasks.common import dataset_tensors, masked_eval, to_dataset
 
 DEFAULT_SOURCE = "../shared/data/tinyshakespeare/input.txt"
 _TABLE_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -105,8 +105,8 @@ class TextTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        ds = self.dataset("test").select(range(min(64, len(self.dataset("test"))))).with_format("torch")
-        loss, acc, _ = masked_eval(model, ds["tokens"], ds["loss_mask"], batch=64)
+        tokens, mask = dataset_tensors(self.dataset("test"))
+        loss, acc, _ = masked_eval(model, tokens[:64], mask[:64], batch=64)
         return {"test_loss": loss, "test_acc": acc}
 
     def default_model_config(self) -> TransformerConfig:
