@@ -124,3 +124,12 @@ def test_two_sessions_at_once_are_independent(app, runs_dir):
         logits = run_ablated(run.model, tokens, [head_ablation(run.model, 1, [1])])
         assert at.metric[2].value == f"{float(next_token_nll(logits, tokens).mean()):.4f}"
         assert at.metric[0].value == run.tokenizer.vocab[int(logits[0, -1].argmax())]
+
+
+def test_runs_folder_comes_from_the_command_line(tmp_path, monkeypatch):
+    from views.paths import runs_root
+
+    monkeypatch.delenv("SANDBOX_RUNS", raising=False)
+    assert runs_root(["--runs", str(tmp_path)]) == tmp_path.resolve()
+    monkeypatch.setenv("SANDBOX_RUNS", str(tmp_path / "x"))
+    assert runs_root([]) == (tmp_path / "x").resolve()

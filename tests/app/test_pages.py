@@ -119,3 +119,14 @@ def test_patching_heads_between_two_prompts(app, runs_dir):
 
     at.text_area(key="patch_corrupted").input("BOS 1 2").run()
     assert "patching needs the same length" in at.info[0].value
+
+
+def test_scrubbing_checkpoints_changes_the_head_scores(app, runs_dir):
+    at = app("heads", run="attn", prompt=PROMPT)
+    for step in (0, 4):
+        at.sidebar.select_slider(key="step").set_value(step).run()
+        assert not at.exception, at.exception
+        run = load_run(runs_dir / "attn", step=step)
+        batch, n = score_batch(run.tokenizer, run.model.cfg.n_ctx)
+        expected = head_scores(run.model, batch, n)["induction"].flatten()
+        assert at.dataframe[0].value["induction"].tolist() == [round(float(v), 4) for v in expected]
