@@ -8,7 +8,8 @@ from probes.logit_lens import direct_logit_attribution, logit_attribution_figure
 def test_components_sum_to_the_logit(which, request):
     model = request.getfixturevalue(which)
     tokens = torch.randint(0, 12, (7,))
-    logits = model(tokens[None])[0]
+    with torch.no_grad():
+        logits = model(tokens[None])[0]
     for distractor in (None, 4):
         for pos in (-1, 2):
             dla = direct_logit_attribution(model, tokens, target=3, distractor=distractor, pos=pos)
