@@ -42,7 +42,7 @@ def test_induction_names_heads_and_reports_ablations(runs, tmp_path, capsys):
         "ablating_induction_heads_raises_loss_by_1_nat", "ablating_previous_token_head_destroys_induction_score",
     }
     assert data["induction_head"]["layer"] > data["previous_token_head"]["layer"]
-    assert data["induction_head"] in [{**h} for h in data["induction_heads"]] or len(data["induction_heads"]) >= 1
+    assert len(data["induction_heads"]) >= 1
     assert (tmp_path / "induction_scores.html").stat().st_size > 1000
     assert "induction head" in capsys.readouterr().out
 
