@@ -42,10 +42,11 @@ def pattern_scores(pattern: Float[Tensor, "batch n_heads query_pos key_pos"], n:
         "previous_token": p.diagonal(-1, dim1=-2, dim2=-1).mean(-1),
         "current_token": p.diagonal(0, dim1=-2, dim2=-1).mean(-1),
         "first_token": p[:, :, 0].mean(-1),
-        # query at 1+n+i (i-th of copy two) -> key 1+i+1 (token after the i-th of copy one)
-        "induction": p.diagonal(1 - n, dim1=-2, dim2=-1).mean(-1),
-        # query at 1+n+i -> key 1+i (the same token in copy one)
-        "duplicate_token": p.diagonal(-n, dim1=-2, dim2=-1).mean(-1),
+        # query at 1+n+i (i-th of copy two) -> key 2+i (token after the i-th of copy one); the
+        # diagonal's first two entries are queries in copy one, which DESIGN.md leaves out
+        "induction": p.diagonal(1 - n, dim1=-2, dim2=-1)[:, 2:].mean(-1),
+        # query at 1+n+i -> key 1+i (the same token in copy one); the first entry is a copy-one query
+        "duplicate_token": p.diagonal(-n, dim1=-2, dim2=-1)[:, 1:].mean(-1),
     }
 
 

@@ -30,10 +30,15 @@ def test_hand_built_patterns_have_known_scores():
     assert s["previous_token"][0] == 1.0
     assert s["first_token"][1] == 1.0
     assert s["current_token"][1] == pytest.approx(1 / pos)
-    # ARENA's convention averages the whole diagonal at offset 1-n: n second-copy queries hit,
-    # the 2 first-copy queries on that diagonal (n-1 and n) do not
-    assert s["induction"][2] == pytest.approx(n / (n + 2))
+    # DESIGN.md averages the offset 1-n diagonal over the second copy only: a perfect
+    # induction head scores exactly 1, and its first-copy queries (n-1 and n) do not dilute it
+    assert s["induction"][2] == pytest.approx(1.0)
     assert s["induction"][0] == 0.0
+    dup = torch.eye(pos)
+    for i in range(n):
+        dup[1 + n + i] = 0.0
+        dup[1 + n + i, 1 + i] = 1.0
+    assert pattern_scores(dup[None, None], n)["duplicate_token"][0] == pytest.approx(1.0)
 
 
 def test_a_hand_set_previous_token_head_scores_one(prev_model):
