@@ -299,8 +299,9 @@ NODE_COLOURS = {"resid_pre": "#2d3748", "resid_mid": "#4a5568", "mlp": "#c05621"
 def flow_figure(graph: FlowGraph, token_labels: Sequence[str] | None = None) -> go.Figure:
     """The routes as a plotly figure: edges as lines with width ~ importance, nodes as markers.
 
-    Each node marker carries customdata [node index, layer, pos, kind], so a click
-    (st.plotly_chart on_select) says which node was chosen.
+    Each node marker carries customdata [node index, layer, pos, kind], and a marker at each
+    edge's midpoint carries [edge index, src layer, src pos, "edge", edge kind, importance], so a
+    click (st.plotly_chart on_select) says which node or edge was chosen.
     """
     fig = go.Figure()
     groups: dict[tuple[str, int], tuple[list, list]] = {}
@@ -315,6 +316,18 @@ def flow_figure(graph: FlowGraph, token_labels: Sequence[str] | None = None) -> 
         fig.add_trace(
             go.Scatter(x=xs, y=ys, mode="lines", line={"width": 0.5 + 0.8 * (width_bin + 1), "color": EDGE_COLOURS[kind]},
                        opacity=0.35 + 0.065 * width_bin, hoverinfo="skip", showlegend=False, name=f"{kind} edges")
+        )
+    if graph.edges:  # a marker at each edge's midpoint: lines report no selection, markers do
+        mids = [(_xy(graph.nodes[e.src], graph.attn_only), _xy(graph.nodes[e.dst], graph.attn_only)) for e in graph.edges]
+        fig.add_trace(
+            go.Scatter(
+                x=[(a[0] + b[0]) / 2 for a, b in mids], y=[(a[1] + b[1]) / 2 for a, b in mids], mode="markers",
+                name="edges", marker={"size": 6, "symbol": "diamond", "color": [EDGE_COLOURS[e.kind] for e in graph.edges],
+                                      "opacity": 0.6},
+                customdata=[[i, graph.nodes[e.src].layer, graph.nodes[e.src].pos, "edge", e.kind, e.importance]
+                            for i, e in enumerate(graph.edges)],
+                hovertemplate="%{customdata[4]} edge, importance %{customdata[5]:.3f}<extra></extra>",
+            )
         )
     for kind in ("resid_pre", "resid_mid", "mlp", "b_O", "b_out"):
         picked = [(i, v) for i, v in enumerate(graph.nodes) if v.kind == kind]

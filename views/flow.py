@@ -37,19 +37,38 @@ st.caption(f"{len(graph.nodes)} nodes and {len(graph.edges)} edges ({n_attn} att
 event = st.plotly_chart(flow_figure(graph, strs), key="flow_chart", on_select="rerun", selection_mode="points")
 points = [p for p in (event.selection.points if event else []) if p.get("customdata")]
 if points:
-    _, layer, pos, kind = points[0]["customdata"][:4]
-    st.session_state["flow_pick"] = {"layer": int(layer), "pos": int(pos), "kind": str(kind)}
+    index, layer, pos, kind = points[0]["customdata"][:4]
+    if kind == "edge":  # an edge's midpoint marker: remember the edge by its two ends
+        e = graph.edges[int(index)]
+        ends = [graph.nodes[e.src], graph.nodes[e.dst]]
+        st.session_state["flow_pick"] = {"edge": [{"layer": v.layer, "pos": v.pos, "kind": v.kind} for v in ends]}
+    else:
+        st.session_state["flow_pick"] = {"layer": int(layer), "pos": int(pos), "kind": str(kind)}
 
 pick = st.session_state.get("flow_pick")
 if not pick:
     st.stop()
 try:
-    picked = graph.node_index(pick["layer"], pick["pos"], pick["kind"])
+    if "edge" in pick:
+        src, dst = (graph.node_index(v["layer"], v["pos"], v["kind"]) for v in pick["edge"])
+        chosen = [i for i, e in enumerate(graph.edges) if (e.src, e.dst) == (src, dst)]
+        if not chosen:
+            raise KeyError("that edge is below the threshold now")
+        edge = graph.edges[chosen[0]]
+        # an MLP edge is explained by the MLP node's neurons, an attention edge by its heads
+        picked = edge.src if graph.nodes[edge.src].kind == "mlp" else edge.dst
+    else:
+        chosen = None
+        picked = graph.node_index(pick["layer"], pick["pos"], pick["kind"])
 except KeyError as err:
-    st.info(f"The node picked before is not on these routes: {err}")
+    st.info(f"The node or edge picked before is not on these routes: {err}")
     st.stop()
 node = graph.nodes[picked]
-st.subheader(f"Behind {node.label} ({ctx.labels[node.pos]})")
+if chosen is not None:
+    e = graph.edges[chosen[0]]
+    st.subheader(f"Edge {graph.nodes[e.src].label} -> {graph.nodes[e.dst].label} ({e.kind}, importance {e.importance:.3f})")
+else:
+    st.subheader(f"Behind {node.label} ({ctx.labels[node.pos]})")
 
 if node.kind == "mlp":
     contrib = graph.neuron_contributions[picked]
@@ -61,7 +80,11 @@ if node.kind in ("b_O", "b_out"):
     st.write("An output bias: a constant part of the stream, with no heads or neurons behind it.")
     st.stop()
 
-edges = [i for i, e in enumerate(graph.edges) if e.kind == "attn" and picked in (e.src, e.dst)]
+if chosen is not None and graph.edges[chosen[0]].kind in ("resid", "bias"):
+    st.write("A residual or bias edge: the stream carried forward, with no heads or neurons behind it.")
+    st.stop()
+edges = chosen if chosen is not None else [
+    i for i, e in enumerate(graph.edges) if e.kind == "attn" and picked in (e.src, e.dst)]
 if not edges:
     st.write("No attention edge on these routes touches this node; lower the threshold to see more.")
     st.stop()

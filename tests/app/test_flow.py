@@ -52,3 +52,28 @@ def test_threshold_changes_routes(app, runs_dir):
     graph = information_flow(run.model, torch.tensor([run.tokenizer.encode("BOS 1 2 3 4 5 6 1 2 3 4 5 6")]), -1, 0.2)
     assert f"{len(graph.nodes)} nodes and {len(graph.edges)} edges" in at.caption[0].value
     assert at.caption[0].value != loose
+
+
+def test_picking_an_attention_edge_shows_only_its_heads(app, runs_dir):
+    prompt = "BOS 1 2 3 4 5 6 1 2 3 4 5 6"
+    run = load_run(runs_dir / "attn")
+    graph = information_flow(run.model, torch.tensor([run.tokenizer.encode(prompt)]), target_pos=12, tau=0.04)
+    i, edge = next((i, e) for i, e in enumerate(graph.edges) if e.kind == "attn")
+    ends = [graph.nodes[edge.src], graph.nodes[edge.dst]]
+    at = app("flow", run="attn", prompt=prompt,
+             flow_pick={"edge": [{"layer": v.layer, "pos": v.pos, "kind": v.kind} for v in ends]})
+    assert not at.exception, at.exception
+    assert f"importance {edge.importance:.3f}" in at.subheader[-1].value
+    (row,) = at.dataframe[0].value.to_dict("records")
+    for h, v in enumerate(graph.head_contributions[i].tolist()):
+        assert row[f"H{h}"] == round(v, 4)
+
+
+def test_flow_figure_has_a_clickable_marker_per_edge(runs_dir):
+    from probes.information_flow import flow_figure
+
+    run = load_run(runs_dir / "attn")
+    graph = information_flow(run.model, torch.tensor([run.tokenizer.encode("BOS 1 2 3 1 2 3")]), -1, 0.04)
+    (mids,) = [t for t in flow_figure(graph).data if t.name == "edges"]
+    assert len(mids.x) == len(graph.edges)
+    assert [c[0] for c in mids.customdata] == list(range(len(graph.edges)))
