@@ -9,6 +9,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from blocks.config import TransformerConfig
+from blocks.linear_ops import affine
 from scratchnn import HookPoint
 
 
@@ -34,6 +35,8 @@ class Attention(nn.Module):
         self.b_O = nn.Parameter(torch.empty(d))
         causal = torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool).tril()
         self.register_buffer("causal_mask", causal, persistent=False)
+        # 0 where a query may look, -inf above the diagonal: added inside the scores' matmul
+        self.register_buffer("causal_bias", torch.zeros(cfg.n_ctx, cfg.n_ctx).masked_fill(~causal, float("-inf")), persistent=False)
 
         self.hook_q = HookPoint()  # [batch, pos, n_heads, d_head]
         self.hook_k = HookPoint()  # [batch, pos, n_heads, d_head]
@@ -53,18 +56,18 @@ class Attention(nn.Module):
     def _project(
         self, x_qk: Float[Tensor, "batch pos d_model"], x_v: Float[Tensor, "batch pos d_model"]
     ) -> tuple[Tensor, Tensor, Tensor]:
+        h, e = self.cfg.n_heads, self.cfg.d_head
         if x_qk is x_v:  # one matmul for all three projections
             w = einops.rearrange(
                 torch.stack([self.W_Q, self.W_K, self.W_V]), "three n_heads d_model d_head -> d_model (three n_heads d_head)"
             )
             b = einops.rearrange(torch.stack([self.b_Q, self.b_K, self.b_V]), "three n_heads d_head -> (three n_heads d_head)")
-            qkv = (x_qk @ w + b).unflatten(-1, (3, self.cfg.n_heads, self.cfg.d_head))
-            return qkv.unbind(-3)
+            return affine(x_qk, w, b).unflatten(-1, (3, h, e)).unbind(-3)
         w_qk = einops.rearrange(torch.stack([self.W_Q, self.W_K]), "two n_heads d_model d_head -> d_model (two n_heads d_head)")
         b_qk = einops.rearrange(torch.stack([self.b_Q, self.b_K]), "two n_heads d_head -> (two n_heads d_head)")
-        q, k = (x_qk @ w_qk + b_qk).unflatten(-1, (2, self.cfg.n_heads, self.cfg.d_head)).unbind(-3)
+        q, k = affine(x_qk, w_qk, b_qk).unflatten(-1, (2, h, e)).unbind(-3)
         w_v = einops.rearrange(self.W_V, "n_heads d_model d_head -> d_model (n_heads d_head)")
-        v = (x_v @ w_v + self.b_V.flatten()).unflatten(-1, (self.cfg.n_heads, self.cfg.d_head))
+        v = affine(x_v, w_v, self.b_V.flatten()).unflatten(-1, (h, e))
         return q, k, v
 
     def forward(
@@ -84,7 +87,7 @@ class Attention(nn.Module):
                 einops.einsum(z, self.W_O, "batch pos n_heads d_head, n_heads d_head d_model -> batch pos n_heads d_model")
             )
             return result.sum(-2) + self.b_O
-        return z.flatten(-2) @ self.W_O.flatten(0, 1) + self.b_O
+        return affine(z.flatten(-2), self.W_O.flatten(0, 1), self.b_O)
 
     def _explicit(
         self,
@@ -92,12 +95,14 @@ class Attention(nn.Module):
         k: Float[Tensor, "batch pos n_heads d_head"],
         v: Float[Tensor, "batch pos n_heads d_head"],
     ) -> Float[Tensor, "batch pos n_heads d_head"]:
-        n = q.shape[1]
-        scores = einops.einsum(
-            q, k, "batch query_pos n_heads d_head, batch key_pos n_heads d_head -> batch n_heads query_pos key_pos"
-        ) / math.sqrt(self.cfg.d_head)
-        scores = self.hook_attn_scores(scores.masked_fill(~self.causal_mask[:n, :n], float("-inf")))
+        batch, n, h, e = q.shape
+        # The [batch, n_heads, query_pos, key_pos] tensors are the biggest of the pass, so scaling and
+        # the causal mask happen inside one batched matmul (baddbmm) that writes them in that layout:
+        # "batch query_pos n_heads d_head, batch key_pos n_heads d_head -> batch n_heads query_pos key_pos"
+        q_heads = q.transpose(1, 2).reshape(batch * h, n, e)
+        k_heads = k.permute(0, 2, 3, 1).reshape(batch * h, e, n)
+        scores = torch.baddbmm(self.causal_bias[:n, :n], q_heads, k_heads, alpha=1 / math.sqrt(e))
+        scores = self.hook_attn_scores(scores.view(batch, h, n, n))
         pattern = self.hook_pattern(scores.softmax(-1))
-        return einops.einsum(
-            pattern, v, "batch n_heads query_pos key_pos, batch key_pos n_heads d_head -> batch query_pos n_heads d_head"
-        )
+        # "batch n_heads query_pos key_pos, batch key_pos n_heads d_head -> batch query_pos n_heads d_head"
+        return torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2)

@@ -4,6 +4,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from blocks.linear_ops import affine
 from scratchnn import Embedding
 
 
@@ -40,4 +41,4 @@ class Unembed(nn.Module):
         nn.init.zeros_(self.b_U)
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
-        return x @ self.W_U + self.b_U
+        return affine(x, self.W_U, self.b_U)
