@@ -26,7 +26,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     warmup_steps: int = 50
-    schedule: Schedule = "cosine"
+    schedule: str = "cosine"  # one of Schedule; checked in __post_init__ so a bad value gets our message
     min_lr_frac: float = 0.1
     grad_clip: float = 1.0
     eval_every: int = 100

@@ -98,6 +98,9 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             if a != b:
                 out.append(f"tokenizer: the run's has {len(a.get('vocab', []))} tokens, this one {len(b.get('vocab', []))}")
             continue
+        if section == "task":  # compare the task's options one by one, so the message names the option
+            a = {"name": a.get("name"), **a.get("options", {})}
+            b = {"name": b.get("name"), **b.get("options", {})}
         for key in sorted(set(a) | set(b)):
             if a.get(key) != b.get(key):
                 out.append(f"{section}.{key}: run has {a.get(key)!r}, now {b.get(key)!r}")

@@ -37,13 +37,14 @@ class InductionTask(Task):
         seed: int = 0,
         n_symbols: int = 48,
         seq_len: int = 64,
-        min_repeat: int = 6,
-        max_repeat: int = 24,
+        min_repeat: int = 4,
+        max_repeat: int = 31,
         n_train: int = 40_000,
         n_test: int = 512,
-        eval_n: int = 28,
+        eval_n: int = 20,
         loss_on: str = "all",
-        layout: str = "periodic",
+        layout: str = "two_copies",
+        max_gap: int = 0,
     ) -> None:
         super().__init__(seed)
         if n_symbols < 2:
@@ -65,6 +66,9 @@ class InductionTask(Task):
         if layout not in ("periodic", "two_copies"):
             raise ValueError(f"layout must be 'periodic' or 'two_copies', got {layout!r}")
         self.layout = layout
+        if max_gap < 0:
+            raise ValueError(f"max_gap must be >= 0, got {max_gap}")
+        self.max_gap = max_gap
         self._tokenizer = Tokenizer(["BOS"] + [str(i) for i in range(n_symbols)], separator=" ")
 
     @property
@@ -79,7 +83,7 @@ class InductionTask(Task):
         return {
             "seed": self.seed, "n_symbols": self.n_symbols, "seq_len": self._seq_len,
             "min_repeat": self.min_repeat, "max_repeat": self.max_repeat, "n_train": self.n_train,
-            "n_test": self.n_test, "eval_n": self.eval_n, "loss_on": self.loss_on, "layout": self.layout,
+            "n_test": self.n_test, "eval_n": self.eval_n, "loss_on": self.loss_on, "layout": self.layout, "max_gap": self.max_gap,
         }
 
     def generate(self, n: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -100,7 +104,8 @@ class InductionTask(Task):
         else:
             # first copy starts in [1, s - 2L], second in [first + L, s - L]: both offsets vary
             first = 1 + (torch.rand(n, 1, generator=gen) * (s - 2 * length)).long()
-            second = first + length + (torch.rand(n, 1, generator=gen) * (s - length - first - length + 1)).long()
+            room = (s - length - first - length + 1).clamp(max=self.max_gap + 1)
+            second = first + length + (torch.rand(n, 1, generator=gen) * room).long()
             pos = torch.arange(s)[None]
             in_second = (pos >= second) & (pos < second + length)
             tokens = tokens.gather(1, torch.where(in_second, pos - (second - first), pos))
@@ -152,9 +157,9 @@ class InductionTask(Task):
     def default_model_config(self) -> TransformerConfig:
         return TransformerConfig(
             n_layers=2, d_model=64, n_heads=4, d_vocab=self._tokenizer.d_vocab, n_ctx=self._seq_len,
-            attn_only=True, normalization="LN",
+            attn_only=True, normalization="LN", positional="shortformer",
         )
 
     def default_train_config(self) -> dict[str, Any]:
-        return {"steps": 1500, "batch_size": 32, "lr": 1e-3, "warmup_steps": 50, "schedule": "cosine",
-                "weight_decay": 0.01, "eval_every": 50}
+        return {"steps": 2500, "batch_size": 32, "lr": 3e-3, "warmup_steps": 30, "schedule": "cosine",
+                "weight_decay": 0.01, "eval_every": 100}
