@@ -135,7 +135,7 @@ def choose_heads(
     chosen: list[Head] = []
     for head in candidates:
         trial = [*chosen, head]
-        acc = behaviour(model, task, calibration, head_ablations(model, task, trial, reference))["acc_no_opinion"]
+        acc = behaviour(model, task, calibration, head_ablations(model, trial, reference))["acc_no_opinion"]
         if base - acc <= max_drop:
             chosen = trial
     return chosen
@@ -250,7 +250,7 @@ def opinion_probes(
     )
 
 
-def head_ablations(model: Transformer, task: SycophancyTask, heads: Sequence[Head], reference: Int[Tensor, "batch pos"]) -> list[Ablation]:
+def head_ablations(model: Transformer, heads: Sequence[Head], reference: Int[Tensor, "batch pos"]) -> list[Ablation]:
     """Mean-ablate `heads` with their mean output on `reference` (prompts without an opinion).
 
     The mean over no-opinion prompts is what the head writes when there is nothing to defer

@@ -66,7 +66,7 @@ def body(args: argparse.Namespace, run: Run) -> None:
 
     # the intervention
     before = pref.behaviour(model, task, sets)
-    after = pref.behaviour(model, task, sets, pref.head_ablations(model, task, heads, sets["none"].tokens))
+    after = pref.behaviour(model, task, sets, pref.head_ablations(model, heads, sets["none"].tokens))
 
     L, H = model.cfg.n_layers, model.cfg.n_heads
     head_rows = sorted(((l, h) for l in range(L) for h in range(H)), key=lambda lh: -float(effect[lh]))
