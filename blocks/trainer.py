@@ -139,6 +139,7 @@ class Trainer:
         self, task: Task, model_cfg: TransformerConfig, train_cfg: TrainConfig, out: str | Path,
         resume: bool = False, overwrite: bool = False, progress: bool = True,
     ) -> None:
+        self._t0 = time.perf_counter()  # wall clock of this process's run, for "time to milestone"
         self.task, self.model_cfg, self.cfg, self.out = task, model_cfg, train_cfg, Path(out)
         self.progress = progress
         self.world, self.rank = 1, 0
@@ -271,7 +272,8 @@ class Trainer:
             key = self.task.milestone()
             if key and self.milestone_step is None and numbers.get(f"eval/{key}") == 1.0:
                 self.milestone_step = self.step
-                self._log({"step": self.step, "milestone": key, "elapsed_s": round(self.elapsed, 3)})
+                self._log({"step": self.step, "milestone": key, "elapsed_s": round(self.elapsed, 3),
+                           "wall_s": round(time.perf_counter() - self._t0, 3)})
                 if self.step not in saved:
                     save_checkpoint(self.out, self.step, self.model, self.optimizer,
                                     {"elapsed_s": self.elapsed, "milestone_step": self.milestone_step})

@@ -23,7 +23,7 @@ class InductionTask(Task):
     Both copies start at random positions, so a head that attends back by a fixed distance
     cannot predict the repeat (a model trained on fixed `[BOS] + r + r` learns exactly that
     shortcut); only a previous-token head feeding an induction head can. Evaluation runs on
-    `[BOS] + r + r` with r of length `eval_n`, a length no training segment has.
+    `[BOS] + r + r` with r of length `eval_n`: 2 * eval_n + 1 tokens, a sequence length training never uses.
 
     `loss_on="all"` trains every next-token prediction (random positions teach the model to
     stay uniform, so the first copy's loss sits at ln(n_symbols)); `"repeats"` only the
@@ -36,12 +36,12 @@ class InductionTask(Task):
         self,
         seed: int = 0,
         n_symbols: int = 48,
-        seq_len: int = 64,
+        seq_len: int = 32,
         min_repeat: int = 4,
-        max_repeat: int = 31,
+        max_repeat: int = 15,
         n_train: int = 40_000,
         n_test: int = 512,
-        eval_n: int = 20,
+        eval_n: int = 12,
         loss_on: str = "all",
         layout: str = "two_copies",
         max_gap: int = 0,
@@ -161,5 +161,6 @@ class InductionTask(Task):
         )
 
     def default_train_config(self) -> dict[str, Any]:
-        return {"steps": 2500, "batch_size": 32, "lr": 3e-3, "warmup_steps": 30, "schedule": "cosine",
-                "weight_decay": 0.01, "eval_every": 100}
+        # tuned on a 2-core CPU: heads form in ~700 steps (~30 s); the rest sharpens them
+        return {"steps": 1500, "batch_size": 64, "lr": 5e-3, "warmup_steps": 30, "schedule": "cosine",
+                "weight_decay": 0.01, "eval_every": 50}
