@@ -1,0 +1,11 @@
+"""Settings for the whole suite."""
+
+import os
+
+import torch
+
+# pytest-xdist runs two workers on CI's two cores; with torch's default of one thread per core
+# each, the four OpenMP threads spin against each other and CPU-heavy tests slow down 10x or more.
+# One thread per worker (and per subprocess a test starts: servers, kernels, torchrun) fits.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
