@@ -13,17 +13,26 @@ from blocks.tasks.common import dataset_tensors, masked_eval, to_dataset
 
 
 class SortTask(Task):
-    """Lists of `list_len` numbers drawn uniformly from [0, n_values) (repeats allowed), then their sorted copy."""
+    """Lists of `list_len` numbers from [0, n_values), then their sorted copy.
+
+    `distinct=True` (the default) draws without replacement, the classic set-up: each output
+    is "the smallest input larger than the last output", which one attention layer can do.
+    With repeats the model must also count duplicates, which one layer does less well.
+    """
 
     name = "sort"
 
-    def __init__(self, seed: int = 0, list_len: int = 10, n_values: int = 50, n_train: int = 50_000, n_test: int = 2_000) -> None:
+    def __init__(self, seed: int = 0, list_len: int = 10, n_values: int = 50, n_train: int = 50_000, n_test: int = 2_000,
+                 distinct: bool = True) -> None:
         super().__init__(seed)
         if list_len < 2 or n_values < 2:
             raise ValueError(f"need list_len >= 2 and n_values >= 2, got {list_len}, {n_values}")
         if n_train <= 0 or n_test <= 0:
             raise ValueError(f"n_train and n_test must be positive, got {n_train}, {n_test}")
+        if distinct and list_len > n_values:
+            raise ValueError(f"{list_len} distinct numbers cannot come from only n_values={n_values}; raise n_values or set distinct=False")
         self.list_len, self.n_values, self.n_train, self.n_test = list_len, n_values, n_train, n_test
+        self.distinct = distinct
         self._tokenizer = Tokenizer([str(i) for i in range(n_values)] + ["BOS", "SEP"], separator=" ")
         self.bos, self.sep = n_values, n_values + 1
 
@@ -37,11 +46,14 @@ class SortTask(Task):
 
     def options(self) -> dict[str, Any]:
         return {"seed": self.seed, "list_len": self.list_len, "n_values": self.n_values,
-                "n_train": self.n_train, "n_test": self.n_test}
+                "n_train": self.n_train, "n_test": self.n_test, "distinct": self.distinct}
 
     def generate(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator().manual_seed(seed)
-        x = torch.randint(0, self.n_values, (n, self.list_len), generator=gen)
+        if self.distinct:
+            x = torch.rand(n, self.n_values, generator=gen).argsort(-1)[:, : self.list_len]
+        else:
+            x = torch.randint(0, self.n_values, (n, self.list_len), generator=gen)
         tokens = torch.cat([torch.full((n, 1), self.bos), x, torch.full((n, 1), self.sep), x.sort(-1).values], dim=1)
         mask = torch.zeros_like(tokens)
         mask[:, self.list_len + 1 : -1] = 1  # from SEP on, each position predicts the next sorted value

@@ -87,7 +87,7 @@ def test_modular_addition_splits_are_disjoint_and_labels_correct():
 
 
 def test_sort_labels_are_the_sorted_list():
-    task = get_task("sort", list_len=6, n_values=9, n_train=50, n_test=10)
+    task = get_task("sort", list_len=6, n_values=9, n_train=50, n_test=10, distinct=False)
     tokens, mask = dataset_tensors(task.dataset("train"))
     assert tokens.shape == (50, 14)
     x, y = tokens[:, 1:7], tokens[:, 8:]
@@ -140,3 +140,12 @@ def test_tokenizer_round_trip_and_unknown_tokens():
     assert Tokenizer.from_dict(tok.to_dict()) == tok
     words = get_task("sort").tokenizer
     assert words.encode("BOS 3 1 SEP 1 3") == [50, 3, 1, 51, 1, 3]
+
+
+def test_sort_distinct_draws_without_replacement():
+    task = get_task("sort", list_len=10, n_values=12, n_train=200, n_test=10)
+    tokens, _ = dataset_tensors(task.dataset("train"))
+    assert all(len(set(row)) == 10 for row in tokens[:, 1:11].tolist())
+    assert torch.equal(tokens[:, 1:11].sort(-1).values, tokens[:, 12:])
+    with pytest.raises(ValueError, match="distinct"):
+        get_task("sort", list_len=10, n_values=5)

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = {
     "n_symbols": 8, "seq_len": 16, "min_repeat": 2, "max_repeat": 6, "eval_n": 4, "n_train": 96, "n_test": 8,
     "d_model": 16, "n_heads": 2, "steps": 12, "batch_size": 8, "eval_every": 4, "log_every": 1,
-    "warmup_steps": 3, "n_checkpoints": 4, "device": "cpu", "seed": 1,
+    "warmup_steps": 3, "n_checkpoints": 4, "device": "cpu", "seed": 1, "lr": 1e-3,
 }
 
 
@@ -164,5 +164,9 @@ def test_ddp_two_processes_match_one_on_the_same_global_batch(tmp_path):
         assert a == pytest.approx(b, abs=1e-5)
     w1, w2 = load_run(tmp_path / "one").model.state_dict(), load_run(tmp_path / "two").model.state_dict()
     for name in w1:
-        # Adam divides by sqrt(v): float noise in near-zero gradients moves weights by up to ~lr
-        torch.testing.assert_close(w1[name], w2[name], atol=1e-3, rtol=0)
+        if name.endswith("attn.b_K"):
+            # b_K's true gradient is zero (softmax ignores a shift shared by all keys), so Adam turns
+            # float noise in it into steps of up to lr: bounded by steps * lr, not equal
+            assert (w1[name] - w2[name]).abs().max() <= 4 * 1e-3
+        else:
+            torch.testing.assert_close(w1[name], w2[name], atol=1e-6, rtol=1e-5)
