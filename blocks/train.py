@@ -93,6 +93,9 @@ def build(task_name: str, options: dict[str, Any]) -> tuple[Task, TransformerCon
                     model.pop(d, None)
     model_cfg = TransformerConfig.from_dict({**model, **given})
     train = {**task.default_train_config(), **{k: v for k, v in options.items() if k in TrainConfig.fields()}}
+    if "warmup_steps" not in options and isinstance(train.get("steps"), int):
+        # a shorter run than the task's default keeps a default warm-up that fits inside it
+        train["warmup_steps"] = min(train.get("warmup_steps", 0), train["steps"] // 10)
     return task, model_cfg, TrainConfig.from_dict(train)
 
 
