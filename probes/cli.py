@@ -86,11 +86,13 @@ def main(
 ) -> None:
     """Parse arguments, load the run, call body(args, run); bad input exits with status 2 and one line."""
     args = p.parse_args(argv)
-    torch.set_grad_enabled(False)
     try:
-        run = load(args, tasks)
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        body(args, run)
+        # scoped, not torch.set_grad_enabled(False): main() is also called in-process (tests,
+        # notebooks), and a global switch would leak into whatever runs next
+        with torch.no_grad():
+            run = load(args, tasks)
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            body(args, run)
     except (ValueError, FileNotFoundError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"error: {message}", file=sys.stderr)
