@@ -39,7 +39,7 @@ def test_induction_names_heads_and_reports_ablations(runs, tmp_path, capsys):
     data = _json(tmp_path / "induction.json")
     assert set(data["checks"]) == {
         "previous_token_head_above_threshold", "induction_head_above_threshold",
-        "ablating_induction_heads_raises_loss_by_1_nat", "ablating_previous_token_head_destroys_induction_score",
+        "ablating_induction_heads_raises_loss_by_1_nat", "ablating_previous_token_heads_destroys_induction_score",
     }
     assert data["induction_head"]["layer"] > data["previous_token_head"]["layer"]
     assert len(data["induction_heads"]) >= 1
