@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import datasets
 import numpy as np
 import torch
@@ -30,6 +32,20 @@ def to_dataset(tokens: Int[Tensor, "batch pos"], loss_mask: Int[Tensor, "batch p
     return datasets.Dataset.from_dict(
         {"tokens": tokens.numpy().astype(np.int64), "loss_mask": loss_mask.numpy().astype(np.int8)}
     )
+
+
+def generated_split(
+    generate: Callable[[int, int], tuple[Tensor, Tensor]], split: str, n_train: int, n_test: int, seed: int
+) -> datasets.Dataset:
+    """The `train` or `test` split of a task whose rows come from `generate(n, seed)`.
+
+    The two splits draw from seeds far apart, so they are independent samples.
+    """
+    sizes = {"train": (n_train, 0), "test": (n_test, 1)}
+    if split not in sizes:
+        raise ValueError(f"split must be one of {list(sizes)}, got {split!r}")
+    n, offset = sizes[split]
+    return to_dataset(*generate(n, 2 * seed + offset + 1_000_003 * offset))
 
 
 def dataset_tensors(ds: datasets.Dataset) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:

@@ -12,7 +12,7 @@ from torch import Tensor
 from blocks.config import TransformerConfig
 from blocks.scores import head_scores, repeated_tokens
 from blocks.tasks.base import Task, Tokenizer
-from blocks.tasks.common import masked_mean, next_token_nll, to_dataset
+from blocks.tasks.common import generated_split, masked_mean, next_token_nll
 
 BOS = 0
 
@@ -117,11 +117,7 @@ class InductionTask(Task):
         return tokens, mask
 
     def dataset(self, split: str) -> datasets.Dataset:
-        sizes = {"train": (self.n_train, 0), "test": (self.n_test, 1)}
-        if split not in sizes:
-            raise ValueError(f"split must be one of {list(sizes)}, got {split!r}")
-        n, offset = sizes[split]
-        return to_dataset(*self.generate(n, seed=2 * self.seed + offset + 1_000_003 * offset))
+        return generated_split(self.generate, split, self.n_train, self.n_test, self.seed)
 
     def example(self, seed: int) -> list[int]:
         return repeated_tokens(self.eval_n, 1, 1, self.n_symbols + 1, BOS, seed)[0].tolist()

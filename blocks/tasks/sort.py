@@ -9,7 +9,7 @@ import torch
 
 from blocks.config import TransformerConfig
 from blocks.tasks.base import Task, Tokenizer
-from blocks.tasks.common import dataset_tensors, masked_eval, to_dataset
+from blocks.tasks.common import dataset_tensors, generated_split, masked_eval
 
 
 class SortTask(Task):
@@ -60,11 +60,7 @@ class SortTask(Task):
         return tokens, mask
 
     def dataset(self, split: str) -> datasets.Dataset:
-        sizes = {"train": (self.n_train, 0), "test": (self.n_test, 1)}
-        if split not in sizes:
-            raise ValueError(f"split must be one of {list(sizes)}, got {split!r}")
-        n, offset = sizes[split]
-        return to_dataset(*self.generate(n, seed=2 * self.seed + offset + 1_000_003 * offset))
+        return generated_split(self.generate, split, self.n_train, self.n_test, self.seed)
 
     def example(self, seed: int) -> list[int]:
         return self.generate(1, seed=seed + 7_919)[0][0, : self.list_len + 2].tolist()
