@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 
 from blocks import Transformer, TransformerConfig
+from blocks.runtime import keep_freed_memory
 from blocks.tasks import get_task
 from probes.activation_patching import logit_diff_metric, patch_heads_by_pos
 from probes.information_flow import information_flow
@@ -43,6 +44,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args()
+    keep_freed_memory()  # as the probe scripts and the app do
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)

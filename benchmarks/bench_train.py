@@ -69,6 +69,9 @@ def throughput(rounds: int = 4, steps: int = 5) -> dict[str, object]:
     import torch
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+    from blocks.runtime import keep_freed_memory
+
+    keep_freed_memory()  # as blocks.train does; both models measured here share it
     from blocks import Transformer, TransformerConfig
 
     torch.manual_seed(0)

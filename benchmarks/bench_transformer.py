@@ -45,6 +45,7 @@ except ImportError:
 import torch  # noqa: E402
 
 from blocks import Transformer, TransformerConfig  # noqa: E402
+from blocks.runtime import keep_freed_memory  # noqa: E402
 from scratchnn import HookPoint  # noqa: E402
 
 SIZES = [
@@ -146,6 +147,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
+    keep_freed_memory()  # the process's allocator setting, shared by both models measured here
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     print(

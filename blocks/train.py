@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from blocks.config import TransformerConfig
+from blocks.runtime import keep_freed_memory
 from blocks.tasks import TASKS, get_task, task_options
 from blocks.tasks.base import Task
 from blocks.train_config import TrainConfig
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace a different run already in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args, rest = parser.parse_known_args(argv)
+    keep_freed_memory()
     rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
         options = read_config_file(args.config) if args.config else {}

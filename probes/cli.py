@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 import torch
 
 from blocks.runs import Run, load_run
+from blocks.runtime import keep_freed_memory
 
 
 class WrongTaskError(ValueError):
@@ -86,6 +87,7 @@ def main(
 ) -> None:
     """Parse arguments, load the run, call body(args, run); bad input exits with status 2 and one line."""
     args = p.parse_args(argv)
+    keep_freed_memory()
     try:
         # scoped, not torch.set_grad_enabled(False): main() is also called in-process (tests,
         # notebooks), and a global switch would leak into whatever runs next
