@@ -37,6 +37,8 @@ class Run:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     step: int = 0
+    # step=None only: why each newer checkpoint was passed over (corrupt, mismatched), newest first
+    skipped: list[str] = field(default_factory=list)
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -117,21 +119,22 @@ def load_run(path: str | Path, step: int | None = None, device: torch.device | s
     steps = list_checkpoints(path)
     if not steps:
         raise FileNotFoundError(f"the run at {path} has no checkpoints yet (looked in {path / 'checkpoints'})")
+    errors: list[str] = []
     if step is not None:
         if step not in steps:
             raise ValueError(f"the run at {path} has no checkpoint at step {step}; it has {steps}")
         state = _read_weights(path, step, model)
     else:
-        errors = []
         for candidate in reversed(steps):
             try:
                 state = _read_weights(path, candidate, model)
                 step = candidate
                 break
             except (ValueError, FileNotFoundError) as err:
-                errors.append(str(err))
+                errors.append(f"checkpoint {candidate}: {err}")
         else:
             raise ValueError(f"no readable checkpoint in {path}: " + "; ".join(errors))
     model.load_state_dict(state)
     model.to(device or "cpu").eval()
-    return Run(path=path, model=model, task=task, tokenizer=tokenizer, metrics=read_metrics(path), config=config, step=step)
+    return Run(path=path, model=model, task=task, tokenizer=tokenizer, metrics=read_metrics(path), config=config, step=step,
+               skipped=errors)

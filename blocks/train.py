@@ -3,6 +3,10 @@
 Any model, trainer or task option can be given as `--key value` (values are read as JSON
 when they parse, else as strings) or in a JSON file (flat, or sectioned like a run's
 config.json). Under `torchrun` the same command trains with DistributedDataParallel.
+
+With --resume, every option not given comes from the run's own config.json; a given option that
+differs from the run is refused, except the trainer options in RESUME_MAY_CHANGE (steps, eval_every,
+log_every, n_checkpoints, device): a larger --steps extends a finished run.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from blocks.runtime import keep_freed_memory
 from blocks.tasks import TASKS, get_task, task_options
 from blocks.tasks.base import Task
 from blocks.train_config import TrainConfig
-from blocks.trainer import Trainer, TrainingDiverged, TrainResult
+from blocks.runs import CONFIG, read_config
+from blocks.trainer import RESUME_MAY_CHANGE, Trainer, TrainingDiverged, TrainResult
 
 MODEL_KEYS = [f.name for f in dataclasses.fields(TransformerConfig)]
 _DERIVED = {"d_model": ("d_head", "d_mlp", "init_range"), "n_heads": ("d_head",)}
@@ -64,14 +69,34 @@ def read_config_file(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{file} must hold a JSON object of options, got {type(data).__name__}")
     if {"model", "train"} & set(data) and all(isinstance(v, dict) for v in data.values()):
-        flat: dict[str, Any] = {}
-        flat.update(data.get("model", {}))
-        flat.update(data.get("task", {}).get("options", {}))
-        flat.update(data.get("train", {}))
-        if "name" in data.get("task", {}):
-            flat["task"] = data["task"]["name"]
-        return flat
+        return flatten_run_config(data)
     return data
+
+
+def flatten_run_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A sectioned run config.json as flat options: model, task options, trainer, and "task" (the name)."""
+    flat: dict[str, Any] = {}
+    flat.update(data.get("model", {}))
+    flat.update(data.get("task", {}).get("options", {}))
+    flat.update(data.get("train", {}))
+    if "name" in data.get("task", {}):
+        flat["task"] = data["task"]["name"]
+    return flat
+
+
+def resume_options(out: Path, task_name: str | None, given: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(task, options) to resume the run in `out`: its own config.json, overridden by the `given` options.
+
+    The device is left out (it says where the run ran, not what it is), so it is "auto" unless given.
+    """
+    if not (out / CONFIG).is_file():
+        raise FileNotFoundError(f"nothing to resume: {out} holds no run (no {CONFIG}); drop --resume to start one")
+    options = flatten_run_config(read_config(out))
+    run_task = options.pop("task")
+    if task_name is not None and task_name != run_task:
+        raise ValueError(f"cannot resume {out}: it is a run of task {run_task!r}, not {task_name!r}; drop --task or pick another --out")
+    options.pop("device", None)
+    return run_task, {**options, **given}
 
 
 def build(task_name: str, options: dict[str, Any]) -> tuple[Task, TransformerConfig, TrainConfig]:
@@ -106,7 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", default=None, help=f"one of {sorted(TASKS)} (default induction)")
     parser.add_argument("--out", default=None, help="run directory (default runs/<task>)")
     parser.add_argument("--config", default=None, help="JSON file of options")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue the run in --out from its last good checkpoint; options not given come from the run's "
+             "config.json, given ones must match it except " + ", ".join(RESUME_MAY_CHANGE) + " (a larger --steps "
+             "extends a finished run, with the lr schedule recomputed over the new total)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a different run already in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args, rest = parser.parse_known_args(argv)
@@ -115,16 +145,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = read_config_file(args.config) if args.config else {}
         options.update(parse_overrides(rest))
-        task_name = args.task or options.pop("task", None) or "induction"
+        task_name = args.task or options.pop("task", None)
         options.pop("task", None)
+        out = Path(args.out or f"runs/{task_name or 'induction'}")
+        if args.resume and not args.overwrite:
+            task_name, options = resume_options(out, task_name, options)
+        task_name = task_name or "induction"
         if task_name not in TASKS:
             raise ValueError(f"unknown task {task_name!r}; valid tasks are {sorted(TASKS)}")
         torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
         task, model_cfg, train_cfg = build(task_name, options)
-        out = Path(args.out or f"runs/{task_name}")
         trainer = Trainer(task, model_cfg, train_cfg, out, resume=args.resume, overwrite=args.overwrite,
                           progress=not args.no_progress)
         if rank0:
+            for why in trainer.skipped:
+                print(f"warning: unusable {why}", file=sys.stderr)
             print(f"training {task_name} on {trainer.device} into {out} ({trainer.step}/{train_cfg.steps} steps done)", file=sys.stderr)
         result = trainer.run()
     except TrainingDiverged as err:
@@ -140,13 +175,16 @@ def main(argv: list[str] | None = None) -> int:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     if rank0:
-        report(result)
+        report(result, train_cfg.steps)
     return 130 if result.interrupted else 0
 
 
-def report(result: TrainResult) -> None:
+def report(result: TrainResult, steps: int) -> None:
     if result.interrupted:
         print(f"interrupted: saved step {result.step} in {result.out}; continue with --resume", file=sys.stderr)
+    elif result.step == result.start_step:  # no step ran, so there is no loss to report
+        print(f"nothing to do: the run in {result.out} already has {result.step} steps (steps={steps}); "
+              f"pass a larger --steps to extend it", file=sys.stderr)
     else:
         print(f"done: {result.step} steps, final train loss {result.final_loss:.4f}, run in {result.out}", file=sys.stderr)
     if result.milestone_step is not None:

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm import tqdm
 
-from blocks.checkpoints import CHECKPOINTS, checkpoint_steps, load_training_state, restore_rng, save_checkpoint
+from blocks.checkpoints import CHECKPOINTS, checkpoint_files, checkpoint_steps, load_training_state, restore_rng, save_checkpoint
 from blocks.config import TransformerConfig
 from blocks.runs import CONFIG, METRICS, read_config, read_metrics
 from blocks.saving import atomic_write_bytes, check_state_dict
@@ -28,6 +28,12 @@ from blocks.tasks.base import Task
 from blocks.tasks.common import dataset_tensors, next_token_nll
 from blocks.train_config import TrainConfig
 from blocks.transformer import Transformer
+from scratchnn.mnist import available_devices
+
+# Trainer settings that change neither the weights so far nor what a step does: a resumed run may
+# change them. `steps` moves the end of the run (and so the lr schedule from here on): a finished run
+# can be extended by resuming with a larger --steps.
+RESUME_MAY_CHANGE = ("device", "steps", "eval_every", "log_every", "n_checkpoints")
 
 
 class TrainingDiverged(RuntimeError):
@@ -39,8 +45,9 @@ class TrainResult:
     out: Path
     step: int
     interrupted: bool
-    final_loss: float
+    final_loss: float  # NaN when no step ran (see start_step)
     milestone_step: int | None
+    start_step: int = 0  # the step the run started (or resumed) at; == step when there was nothing to do
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -62,11 +69,12 @@ def checkpoint_schedule(cfg: TrainConfig) -> set[int]:
 
 
 def pick_device(name: str) -> torch.device:
+    """"auto" (cuda, then mps, then cpu) or one of `available_devices()`; anything else raises naming both."""
     if name != "auto":
-        device = torch.device(name)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device; use --device cpu or auto")
-        return device
+        available = available_devices()
+        if name not in available:
+            raise ValueError(f"device {name!r} is not available here; choose one of auto, {', '.join(available)}")
+        return torch.device(name)
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -93,7 +101,8 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     for section in ("model", "task", "tokenizer", "train"):
         a, b = dict(old.get(section, {})), dict(new.get(section, {}))
         if section == "train":
-            a.pop("device", None), b.pop("device", None)
+            for key in RESUME_MAY_CHANGE:
+                a.pop(key, None), b.pop(key, None)
         if section == "tokenizer":
             if a != b:
                 out.append(f"tokenizer: the run's has {len(a.get('vocab', []))} tokens, this one {len(b.get('vocab', []))}")
@@ -164,8 +173,12 @@ class Trainer:
         if self.tokens.shape[1] > model_cfg.n_ctx:
             raise ValueError(f"the task's sequences have {self.tokens.shape[1]} tokens but n_ctx is {model_cfg.n_ctx}")
         self.step, self.elapsed, self.milestone_step = 0, 0.0, None
+        self.skipped: list[str] = []  # why each newer checkpoint could not be resumed from (for the CLI to warn)
         if resume:
             self._resume()
+            if self.rank == 0 and self.cfg.steps >= self.step and read_config(self.out) != self.config:
+                # a changed harmless setting (a longer run, another eval_every): the run now has these
+                atomic_write_bytes(self.out / CONFIG, json.dumps(self.config, indent=2).encode())
         self.ddp = self._wrap_ddp()
         self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
 
@@ -186,12 +199,13 @@ class Trainer:
         for step in reversed(steps):
             try:
                 weights, optim, state = load_training_state(self.out, step)
-                check_state_dict(self.model, weights, source=f"checkpoint {step} of {self.out}")
+                check_state_dict(self.model, weights, source=str(checkpoint_files(self.out, step)[0]))
                 break
             except (ValueError, FileNotFoundError) as err:
-                errors.append(str(err))
+                errors.append(f"checkpoint {step}: {err}")
         else:
             raise FileNotFoundError(f"no resumable checkpoint in {self.out}" + (": " + "; ".join(errors) if errors else ""))
+        self.skipped = errors
         self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(optim)
         restore_rng(state["rng"])
@@ -260,6 +274,14 @@ class Trainer:
         return numbers
 
     def _save(self) -> None:
+        # every process holds the same weights, so all of them stop here together (no hanging barrier)
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            last = max((s for s in checkpoint_steps(self.out) if s <= self.step), default=None)
+            self._log({"step": self.step, "stopped": "non-finite weights"})
+            raise TrainingDiverged(
+                f"the weights became non-finite by step {self.step}; the run stopped without saving them. "
+                f"The last good checkpoint is step {last}; try a lower lr or more warm-up"
+            )
         if self.rank == 0:
             save_checkpoint(self.out, self.step, self.model, self.optimizer,
                             {"elapsed_s": self.elapsed, "milestone_step": self.milestone_step})
@@ -291,7 +313,8 @@ class Trainer:
             self._eval_and_log(saved)
             self._save()
             saved.add(0)
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress or self.rank != 0, desc=self.task.name)
+        start_step = self.step
+        bar = tqdm(total=max(cfg.steps, self.step), initial=self.step, disable=not self.progress or self.rank != 0, desc=self.task.name)
         loss_value, interrupted = float("nan"), False
         try:
             while self.step < cfg.steps:
@@ -332,5 +355,5 @@ class Trainer:
                 self._save()
         finally:
             bar.close()
-        return TrainResult(self.out, self.step, interrupted, loss_value, self.milestone_step)
+        return TrainResult(self.out, self.step, interrupted, loss_value, self.milestone_step, start_step)
 

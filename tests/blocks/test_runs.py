@@ -66,7 +66,11 @@ def test_a_corrupt_checkpoint_is_named_and_the_previous_ones_stay_usable(run_dir
     status = dict(checkpoint_status(out))
     assert status[6] is not None and "step_000006.safetensors" in status[6]
     assert all(err is None for step, err in status.items() if step != 6)
-    assert load_run(out).step == max(s for s in status if s != 6)
+    run = load_run(out)
+    assert run.step == max(s for s in status if s != 6)
+    # the fallback is visible: the skipped checkpoint is named, with the reason
+    assert len(run.skipped) == 1 and str(weights) in run.skipped[0] and "truncated or corrupt" in run.skipped[0]
+    assert load_run(out, step=run.step).skipped == [] and load_run(run_dir[0]).skipped == []
     with pytest.raises(ValueError, match="step_000006.safetensors"):
         load_run(out, step=6)
 

@@ -13,7 +13,7 @@ from blocks.checkpoints import checkpoint_files
 from blocks.runs import list_checkpoints, load_run, read_metrics
 from blocks.train import build, main, parse_overrides
 from blocks.train_config import TrainConfig
-from blocks.trainer import Trainer, TrainingDiverged, checkpoint_schedule, lr_at
+from blocks.trainer import Trainer, TrainingDiverged, checkpoint_schedule, lr_at, pick_device
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {
@@ -94,12 +94,95 @@ def test_out_folder_with_a_run_is_refused_and_resume_must_match(tmp_path):
         tiny_trainer(tmp_path / "run", resume=True, overwrite=True, steps=3)
 
 
-def test_corrupt_latest_checkpoint_resumes_from_the_previous_one(tmp_path):
+def test_corrupt_latest_checkpoint_resumes_from_the_previous_one(tmp_path, capsys):
     tiny_trainer(tmp_path / "run", steps=6).run()
     weights = checkpoint_files(tmp_path / "run", 6)[0]
     weights.write_bytes(weights.read_bytes()[:100])
     trainer = tiny_trainer(tmp_path / "run", resume=True, steps=6)
-    assert trainer.step == max(s for s in list_checkpoints(tmp_path / "run") if s < 6)
+    previous = max(s for s in list_checkpoints(tmp_path / "run") if s < 6)
+    assert trainer.step == previous
+    assert len(trainer.skipped) == 1 and str(weights) in trainer.skipped[0] and "truncated or corrupt" in trainer.skipped[0]
+    # the CLI says which file it passed over, and why, then finishes the run from the previous one
+    assert main(["--out", str(tmp_path / "run"), "--resume", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(weights) in warnings[0] and "not a readable safetensors file" in warnings[0]
+    assert f"({previous}/6 steps done)" in err and "done: 6 steps" in err
+    assert load_run(tmp_path / "run").step == 6 and load_run(tmp_path / "run").skipped == []
+
+
+def test_cli_unknown_or_unavailable_device_is_a_one_line_error(tmp_path, capsys):
+    args = ["--task", "induction", "--out", str(tmp_path / "x"), "--steps", "3", "--no-progress"]
+    bad = ["quantum", "cuda:7"]
+    if not torch.backends.mps.is_available():
+        bad.append("mps")
+    if not torch.cuda.is_available():
+        bad.append("cuda")
+    for name in bad:
+        assert main([*args, "--device", name]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"device {name!r} is not available here; choose one of auto, cpu" in err
+    assert not (tmp_path / "x").exists()  # refused before anything was written
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto").type in {"cpu", "cuda", "mps"}
+
+
+def test_cli_resume_takes_options_from_the_run_and_refuses_only_given_differences(tmp_path, capsys):
+    out = tmp_path / "run"
+    small = {**TINY, "steps": 4, "eval_every": 100, "n_checkpoints": 2}
+    args = [f"--{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in small.items()]
+    assert main(["--task", "induction", "--out", str(out), "--no-progress", *args]) == 0
+    capsys.readouterr()
+    # nothing but --resume: every option (model size, task, steps) comes from the run's config.json
+    assert main(["--task", "induction", "--out", str(out), "--resume", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "(4/4 steps done)" in err and "nothing to do" in err and "already has 4 steps" in err
+    assert "final train loss nan" not in err
+    # a given option that changes what the run is, is refused, naming it
+    assert main(["--out", str(out), "--resume", "--lr", "0.5"]) == 2
+    assert "train.lr: run has 0.001, now 0.5" in capsys.readouterr().err
+    assert main(["--out", str(out), "--resume", "--d_model", "32"]) == 2
+    assert "model.d_model" in capsys.readouterr().err
+    assert main(["--task", "sort", "--out", str(out), "--resume"]) == 2
+    assert "it is a run of task 'induction', not 'sort'" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    # a larger --steps extends the finished run, and the run's config says so from then on
+    assert main(["--out", str(out), "--resume", "--steps", "6", "--no-progress"]) == 0
+    assert "done: 6 steps" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["train"]["steps"] == 6
+    assert list_checkpoints(out)[-1] == 6 and [s for s, _ in train_losses(out)] == [1, 2, 3, 4, 5, 6]
+    assert main(["--out", str(out), "--resume", "--steps", "5", "--no-progress"]) == 0
+    assert "already has 6 steps (steps=5)" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["train"]["steps"] == 6
+
+
+def test_cli_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    options = {**TINY, "steps": 6, "eval_every": 100, "lr": 1e30, "warmup_steps": 0}  # the first update blows up
+    args = [f"--{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in options.items()]
+    assert main(["--task", "induction", "--out", str(tmp_path / "run"), "--no-progress", *args]) == 1
+    err = capsys.readouterr().err
+    assert "stopped: the loss became nan at step 2" in err and "last good checkpoint is step 1" in err
+    assert list_checkpoints(tmp_path / "run") == [0, 1]
+    assert read_metrics(tmp_path / "run")[-1]["stopped"] == "non-finite loss"
+
+
+def test_non_finite_weights_are_never_saved_as_a_checkpoint(tmp_path):
+    trainer = tiny_trainer(tmp_path / "run")
+    updates = {"n": 0}
+
+    def poison_after_second_update(optimizer, args, kwargs):
+        updates["n"] += 1
+        if updates["n"] == 2:  # step 2 is on the checkpoint schedule: its save must refuse these weights
+            trainer.model.W_E.data[0, 0] = float("inf")
+
+    assert 2 in checkpoint_schedule(trainer.cfg)
+    trainer.optimizer.register_step_post_hook(poison_after_second_update)
+    with pytest.raises(TrainingDiverged, match="weights became non-finite by step 2.*last good checkpoint is step 1"):
+        trainer.run()
+    assert list_checkpoints(tmp_path / "run") == [0, 1]
+    assert read_metrics(tmp_path / "run")[-1] == {"step": 2, "stopped": "non-finite weights"}
 
 
 def test_cli_bad_input_lists_what_is_valid(tmp_path, capsys):
@@ -129,9 +212,11 @@ def test_cli_trains_from_a_config_file_and_resumes(tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["task"]["name"] == "induction" and config["model"]["d_model"] == 16
     assert config["train"]["steps"] == 3 and config["tokenizer"]["vocab"][0] == "BOS"
-    # a run's own config.json works as --config too; resuming a finished run is a no-op
+    # a run's own config.json works as --config too; resuming a finished run is a no-op that says so
+    capsys.readouterr()
     assert main(["--out", str(out), "--config", str(out / "config.json"), "--resume", "--no-progress"]) == 0
-    assert "done: 3 steps" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nothing to do: the run in" in err and "already has 3 steps" in err and "nan" not in err
 
 
 def test_lr_schedule_and_checkpoint_schedule():
