@@ -1,8 +1,9 @@
-"""What the app shows that no probe script needs: a run's training history, and one head's whole flow map.
+"""What the app shows that no probe script needs: a run's training history, one head's whole flow map, prompt losses.
 
 The history functions read the metric dicts `blocks.runs.load_run` returns (numbers come
 from metrics.jsonl, never recomputed); `head_importance_map` extends `information_flow`
-from the kept edges to every edge of one head.
+from the kept edges to every edge of one head; `prompt_losses` is the loss the app shows
+for a prompt, clean or ablated.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from typing import Any
 
 import plotly.graph_objects as go
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from blocks.cache import ActivationCache
+from blocks.tasks.common import next_token_nll
 from blocks.transformer import Transformer
 from probes.information_flow import _proximity, attention_parts
 
@@ -70,3 +72,17 @@ def head_importance_map(
         [_proximity(y, a.resid)[:, None], _proximity(y[:, None], a.heads.sum(2)), _proximity(y, a.bias)[:, None]], dim=1
     )
     return _proximity(y[:, None], a.heads[:, :, head]) / prox.sum(-1, keepdim=True).clamp_min(1e-30)
+
+
+def prompt_losses(
+    logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos_minus_1"]:
+    """Loss (nats) of predicting each next token of a prompt: entry t is -log p(tokens[:, t+1]) at position t.
+
+    Every position counts (a typed prompt has no loss mask); it is the per-position loss the
+    trainer averages under the task's mask, so a clean prompt's numbers match training's.
+    """
+    if logits.shape[:2] != tokens.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} must be the model's output on tokens {tuple(tokens.shape)}: "
+                         "the same [batch, pos] before the vocabulary axis")
+    return next_token_nll(logits, tokens)

@@ -4,10 +4,11 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from blocks.tasks.common import dataset_tensors, next_token_nll
+from blocks.tasks.common import dataset_tensors
 from blocks.tasks.base import UnknownTokenError
 from probes.ablation import head_ablation, neuron_ablation, run_ablated
 from probes.activation_patching import logit_diff_metric, patch_heads, patching_figure
+from probes.app_support import prompt_losses
 from views.common import page_context
 
 
@@ -57,7 +58,7 @@ for layer in range(cfg.n_layers):
 
 clean = ctx.logits
 ablated = run_ablated(model, ctx.tokens, ablations) if ablations else clean
-clean_nll, ablated_nll = next_token_nll(clean, ctx.tokens)[0], next_token_nll(ablated, ctx.tokens)[0]
+clean_nll, ablated_nll = prompt_losses(clean, ctx.tokens)[0], prompt_losses(ablated, ctx.tokens)[0]
 p_clean, p_ablated = clean[0, -1].softmax(-1), ablated[0, -1].softmax(-1)
 top_clean, top_ablated = int(p_clean.argmax()), int(p_ablated.argmax())
 

@@ -34,8 +34,8 @@ from torch import Tensor
 from blocks.cache import ActivationCache
 from blocks.checkpoints import checkpoint_files
 from blocks.runs import Run, checkpoint_status, load_run
-from blocks.scores import repeated_tokens
 from blocks.tasks.base import Tokenizer, UnknownTokenError
+from probes.head_scores import repeated_tokens
 from views.paths import RunPathError, list_runs, resolve_run, runs_root
 
 STATE_KEYS = (
@@ -191,6 +191,9 @@ def run_only() -> tuple[Run, tuple[str, int, float]] | None:
     except (ValueError, OSError) as err:
         st.error(f"Could not load step {step} of {run_path.name}: {err}")
         return None
+    # checkpoints load_run passed over as unusable (a Run field newer than some blocks versions)
+    for message in getattr(run, "skipped", []):
+        st.sidebar.warning(message)
     return run, (str(run_path), step, mtime)
 
 

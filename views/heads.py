@@ -3,9 +3,8 @@
 import streamlit as st
 import torch
 
-from blocks.scores import SCORE_NAMES, head_scores
 from probes.circuits import circuit_figure, copying_score, ov_circuit, qk_circuit
-from probes.head_scores import head_scores_figure
+from probes.head_scores import SCORE_NAMES, head_scores, head_scores_figure
 from views.common import page_context, score_batch
 from views.figures import matrix_figure
 
