@@ -20,6 +20,9 @@ def test_click_a_flow_node_shows_its_heads(runs_dir: Path, tmp_path: Path):
             points = page.locator(".js-plotly-plot .scatterlayer .points path")
             points.first.wait_for(timeout=60_000)
             assert page.locator("h3", has_text="Behind ").count() == 0
+            # .streamlit/config.toml's toolbarMode = "viewer": the toolbar is drawn, without its Deploy button
+            page.locator('[data-testid="stMainMenu"]').wait_for(timeout=60_000)
+            assert page.locator('[data-testid="stAppDeployButton"]').count() == 0
             # the topmost marker is the target position's final stream: attention edges lead into it
             boxes = [points.nth(i).bounding_box() for i in range(points.count())]
             top = min((b for b in boxes if b), key=lambda b: b["y"])
