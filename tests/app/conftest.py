@@ -1,4 +1,4 @@
-"""A tiny runs folder for the app tests: two small induction runs laid out as the trainer writes them.
+"""A tiny runs folder for the app tests: small induction, sycophancy and modular-addition runs laid out as the trainer writes them.
 
 The runs are built with blocks.saving and the run layout (config.json, checkpoints/,
 metrics.jsonl) from a few real optimizer steps, so they take a second, not a training run.
@@ -18,6 +18,7 @@ from blocks import Transformer, TransformerConfig
 from blocks.saving import save_tensors
 from blocks.scores import head_scores, repeated_tokens
 from blocks.tasks.common import dataset_tensors, next_token_nll
+from blocks.tasks import get_task
 from blocks.tasks.induction import BOS, InductionTask
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,32 +29,60 @@ TASK_OPTIONS = {"seed": 0, "n_symbols": 10, "seq_len": 24, "min_repeat": 3, "max
 STEPS = (0, 4, 8)
 
 
+# Non-induction runs, so every page is driven on other tasks' tokenizers and shapes too: the
+# sycophancy capstone (word tokens like "a=3", MLPs, LayerNorm) and modular addition (a 4-token
+# context too short for head scores, no LayerNorm, ReLU).
+SYCOPHANCY_OPTIONS = {"seed": 0, "n_train": 64, "n_test": 16}
+MODADD_OPTIONS = {"seed": 0, "p": 7, "frac_train": 0.5}
+
+
 def make_run(path: Path, attn_only: bool, seed: int = 0) -> Path:
-    """A run at `path` with checkpoints at STEPS, metrics lines with eval numbers and head scores."""
+    """An induction run at `path` with checkpoints at STEPS, metrics lines with eval numbers and head scores."""
     task = InductionTask(**TASK_OPTIONS)
     cfg = TransformerConfig(n_layers=2, d_model=16, n_heads=2, d_vocab=task.tokenizer.d_vocab, n_ctx=24,
                             d_mlp=32, attn_only=attn_only)
+    n = TASK_OPTIONS["eval_n"]
+    return write_run(path, "induction", TASK_OPTIONS, cfg, seed, (repeated_tokens(n, 8, 1, 11, BOS, seed=1), n))
+
+
+def make_task_run(path: Path, name: str, options: dict, seed: int = 0, **model: object) -> Path:
+    """A run of task `name` whose model is `model` (TransformerConfig fields) on the task's vocabulary and length.
+
+    Head scores are logged the way blocks.trainer does: only when the context fits [BOS] + r + r with r >= 4.
+    """
+    task = get_task(name, **options)
+    cfg = TransformerConfig(d_vocab=task.tokenizer.d_vocab, n_ctx=task.seq_len, **model)
+    n = min(20, (cfg.n_ctx - 1) // 2)
+    score = (repeated_tokens(n, 16, 1, cfg.d_vocab, 0, seed=99), n) if n >= 4 else None
+    return write_run(path, name, options, cfg, seed, score)
+
+
+def write_run(path: Path, name: str, options: dict, cfg: TransformerConfig, seed: int,
+              score: tuple[torch.Tensor, int] | None) -> Path:
+    """Train a few steps on the task's masked next-token loss, saving checkpoints at STEPS, as the trainer lays them out."""
+    task = get_task(name, **options)
     torch.manual_seed(seed)
     model = Transformer(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    tokens, _ = dataset_tensors(task.dataset("train"))
+    tokens, mask = dataset_tensors(task.dataset("train"))
+    tokens, mask = tokens[:16], mask[:16, :-1].float()
     (path / "checkpoints").mkdir(parents=True)
     lines = []
     for step in range(STEPS[-1] + 1):
         if step in STEPS:
             model.eval()
             save_tensors(model.state_dict(), path / "checkpoints" / f"step_{step:06d}.safetensors")
-            evals = {f"eval/{k}": v for k, v in task.evaluate(model).items()}
-            n = TASK_OPTIONS["eval_n"]
-            scores = head_scores(model, repeated_tokens(n, 8, 1, 11, BOS, seed=1), n)
-            lines.append({"step": step, **evals, "head_scores": {k: v.tolist() for k, v in scores.items()}})
+            line = {"step": step, **{f"eval/{k}": v for k, v in task.evaluate(model).items()}}
+            if score is not None:
+                line["head_scores"] = {k: v.tolist() for k, v in head_scores(model, *score).items()}
+            lines.append(line)
             model.train()
-        loss = next_token_nll(model(tokens[:16]), tokens[:16]).mean()
+        loss = (next_token_nll(model(tokens), tokens) * mask).sum() / mask.sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
         lines.append({"step": step + 1, "train_loss": float(loss.detach()), "lr": 3e-3})
-    config = {"model": cfg.to_dict(), "task": {"name": "induction", "options": TASK_OPTIONS},
+    config = {"model": cfg.to_dict(), "task": {"name": name, "options": options},
               "train": {"steps": STEPS[-1], "lr": 3e-3}, "tokenizer": task.tokenizer.to_dict()}
     (path / "config.json").write_text(json.dumps(config, indent=2))
     (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -62,11 +91,14 @@ def make_run(path: Path, attn_only: bool, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="session")
 def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """runs/attn (attention-only, with a corrupt checkpoint) and runs/mlp (with MLPs)."""
+    """Induction runs/attn (attention-only, with a corrupt checkpoint) and runs/mlp (with MLPs), runs/sycophancy, runs/modadd."""
     root = tmp_path_factory.mktemp("runs")
     attn = make_run(root / "attn", attn_only=True)
     (attn / "checkpoints" / "step_000006.safetensors").write_bytes(b"not a safetensors file")
     make_run(root / "mlp", attn_only=False, seed=1)
+    make_task_run(root / "sycophancy", "sycophancy", SYCOPHANCY_OPTIONS, n_layers=2, d_model=16, n_heads=4, d_mlp=32)
+    make_task_run(root / "modadd", "modular_addition", MODADD_OPTIONS, seed=1, n_layers=1, d_model=16, n_heads=4,
+                  d_mlp=32, act_fn="relu", normalization=None)
     return root
 
 
