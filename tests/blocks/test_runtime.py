@@ -22,4 +22,5 @@ def test_a_freed_16_mb_block_comes_back_without_page_faults():
 
     faults_for_one_fill()  # the first fill maps the pages
     # 16 MB is 4096 pages of 4 KB: unmapped on free, every fill would fault each page again
-    assert faults_for_one_fill() < 400
+    # (the best of three, so that another thread's allocation in between cannot decide it)
+    assert min(faults_for_one_fill() for _ in range(3)) < 400
