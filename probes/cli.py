@@ -1,7 +1,8 @@
 """What every probe script shares: its arguments, loading the run, and writing numbers and figures.
 
 A script builds `parser(...)`, defines `body(args, run) -> None`, and ends with
-`main(parser, body, tasks=(...))`. Bad input (no such run, a run of the wrong task, ...)
+`main(parser, body, tasks=(...))`. Bad input (no such run, a run of the wrong task, a device
+this machine lacks, an --out that cannot be written, ...)
 ends the script with a one-line error and exit status 2, never a traceback.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,9 +38,47 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def available_devices() -> list[str]:
+    """The torch devices this machine can run on: cpu, then each cuda index and mps where present."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def check_device(name: str) -> torch.device:
+    """`name` as a torch.device; ValueError naming the available ones if it is malformed or not on this machine."""
+    available = available_devices()
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a torch device; available here: {', '.join(available)}") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda" and torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count():
+        return device
+    if device.type == "mps" and torch.backends.mps.is_available():
+        return device
+    raise ValueError(f"--device {name!r} is not available on this machine; available here: {', '.join(available)}")
+
+
+def check_out(out: str | Path) -> Path:
+    """Create the folder `out`; ValueError if it cannot be created or written (e.g. a path under a file)."""
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out {str(out)!r} cannot be created ({err.strerror}); give a folder you can write") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {str(out)!r} is not writable; give a folder you can write")
+    return path
+
+
 def load(args: argparse.Namespace, tasks: Sequence[str] | None = None) -> Run:
     """Load `args.run` at `args.step`; raise WrongTaskError unless its task is one of `tasks`."""
-    run = load_run(args.run, step=args.step, device=args.device)
+    run = load_run(args.run, step=args.step, device=check_device(args.device))
     name = run.config["task"]["name"]
     if tasks is not None and name not in tasks:
         raise WrongTaskError(f"{args.run} is a {name!r} run; this probe needs a run of task {' or '.join(map(repr, tasks))}")
@@ -92,8 +132,10 @@ def main(
         # scoped, not torch.set_grad_enabled(False): main() is also called in-process (tests,
         # notebooks), and a global switch would leak into whatever runs next
         with torch.no_grad():
+            # the cheap checks first, so a typo does not wait for the run to load
+            check_device(args.device)
+            check_out(args.out)
             run = load(args, tasks)
-            Path(args.out).mkdir(parents=True, exist_ok=True)
             body(args, run)
     except (ValueError, FileNotFoundError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)

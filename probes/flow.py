@@ -15,7 +15,11 @@ from probes.information_flow import TAU, flow_figure, information_flow
 
 
 def body(args: argparse.Namespace, run: Run) -> None:
-    ids = run.tokenizer.encode(args.prompt) if args.prompt else run.task.example(args.seed)
+    # only an absent --prompt means "use the task's example"; an empty one is a mistake
+    ids = run.tokenizer.encode(args.prompt) if args.prompt is not None else run.task.example(args.seed)
+    if not ids:
+        raise ValueError(f"--prompt is empty; give at least one token, e.g. {run.tokenizer.decode(run.task.example(args.seed))!r}, "
+                         "or leave --prompt out to use an example of the run's task")
     tokens = torch.tensor(ids, device=args.device)
     graph = information_flow(run.model, tokens, target_pos=args.target_pos, tau=args.tau)
     labels = run.tokenizer.token_strs(ids)

@@ -31,6 +31,9 @@ def prompts(args: argparse.Namespace, run: Run) -> tuple[torch.Tensor, torch.Ten
         raise ValueError("give both --clean and --corrupted, or neither (then two task examples are used)")
     if args.clean is not None:
         clean, corrupted = run.tokenizer.encode(args.clean), run.tokenizer.encode(args.corrupted)
+        for flag, ids in (("--clean", clean), ("--corrupted", corrupted)):
+            if not ids:
+                raise ValueError(f"{flag} is empty; give a prompt of at least one token, e.g. {run.tokenizer.decode(run.task.example(0))!r}")
     else:
         clean = run.task.example(args.seed)
         corrupted = next(c for s in range(args.seed + 1, args.seed + 100)
