@@ -1,0 +1,86 @@
+"""The information-flow routes as a clickable plotly figure: tokens across, layers up."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+
+from probes.flow_graph import FlowGraph, FlowNode
+
+
+def _xy(node: FlowNode, attn_only: bool) -> tuple[float, float]:
+    """Tokens across, layers up: resid_pre of layer l at height l, the attention's write half a step above."""
+    x, y = float(node.pos), float(node.layer)
+    if node.kind == "resid_mid":
+        return x, y + 0.5
+    if node.kind == "mlp":
+        return x + 0.3, y + 0.75
+    if node.kind == "b_O":
+        return x - 0.3, y + (0.5 if attn_only else 0.25)
+    if node.kind == "b_out":
+        return x - 0.3, y + 0.75
+    return x, y
+
+
+EDGE_COLOURS = {"attn": "#2b6cb0", "resid": "#718096", "mlp": "#c05621", "mlp_in": "#c05621", "bias": "#9f7aea"}
+NODE_COLOURS = {"resid_pre": "#2d3748", "resid_mid": "#4a5568", "mlp": "#c05621", "b_O": "#9f7aea", "b_out": "#9f7aea"}
+
+
+def flow_figure(graph: FlowGraph, token_labels: Sequence[str] | None = None) -> go.Figure:
+    """The routes as a plotly figure: edges as lines with width ~ importance, nodes as markers.
+
+    Each node marker carries customdata [node index, layer, pos, kind], and a marker at each
+    edge's midpoint carries [edge index, src layer, src pos, "edge", edge kind, importance], so a
+    click (st.plotly_chart on_select) says which node or edge was chosen.
+    """
+    fig = go.Figure()
+    groups: dict[tuple[str, int], tuple[list, list]] = {}
+    for e in graph.edges:
+        x0, y0 = _xy(graph.nodes[e.src], graph.attn_only)
+        x1, y1 = _xy(graph.nodes[e.dst], graph.attn_only)
+        width_bin = min(int(e.importance * 10), 9)  # ten line widths: one trace per (kind, width)
+        xs, ys = groups.setdefault((e.kind, width_bin), ([], []))
+        xs += [x0, x1, None]
+        ys += [y0, y1, None]
+    for (kind, width_bin), (xs, ys) in sorted(groups.items()):
+        fig.add_trace(
+            go.Scatter(x=xs, y=ys, mode="lines", line={"width": 0.5 + 0.8 * (width_bin + 1), "color": EDGE_COLOURS[kind]},
+                       opacity=0.35 + 0.065 * width_bin, hoverinfo="skip", showlegend=False, name=f"{kind} edges")
+        )
+    if graph.edges:  # a marker at each edge's midpoint: lines report no selection, markers do
+        mids = [(_xy(graph.nodes[e.src], graph.attn_only), _xy(graph.nodes[e.dst], graph.attn_only)) for e in graph.edges]
+        fig.add_trace(
+            go.Scatter(
+                x=[(a[0] + b[0]) / 2 for a, b in mids], y=[(a[1] + b[1]) / 2 for a, b in mids], mode="markers",
+                name="edges", marker={"size": 6, "symbol": "diamond", "color": [EDGE_COLOURS[e.kind] for e in graph.edges],
+                                      "opacity": 0.6},
+                customdata=[[i, graph.nodes[e.src].layer, graph.nodes[e.src].pos, "edge", e.kind, e.importance]
+                            for i, e in enumerate(graph.edges)],
+                hovertemplate="%{customdata[4]} edge, importance %{customdata[5]:.3f}<extra></extra>",
+            )
+        )
+    for kind in ("resid_pre", "resid_mid", "mlp", "b_O", "b_out"):
+        picked = [(i, v) for i, v in enumerate(graph.nodes) if v.kind == kind]
+        if not picked:
+            continue
+        xy = [_xy(v, graph.attn_only) for _, v in picked]
+        fig.add_trace(
+            go.Scatter(
+                x=[p[0] for p in xy], y=[p[1] for p in xy], mode="markers", name=kind,
+                marker={"size": 9 if kind.startswith("resid") else 7, "color": NODE_COLOURS[kind]},
+                customdata=[[i, v.layer, v.pos, v.kind] for i, v in picked],
+                hovertemplate="%{customdata[3]} layer %{customdata[1]} pos %{customdata[2]}<extra></extra>",
+            )
+        )
+    n_pos = max((v.pos for v in graph.nodes), default=0) + 1
+    labels = list(token_labels) if token_labels is not None else [str(i) for i in range(n_pos)]
+    fig.update_layout(
+        title=f"information flow into position {graph.target_pos} (tau={graph.tau})",
+        xaxis={"tickmode": "array", "tickvals": list(range(len(labels))),
+               "ticktext": [f"{i}: {t}" for i, t in enumerate(labels)], "title": "token"},
+        yaxis={"tickmode": "array", "tickvals": list(range(graph.n_layers + 1)),
+               "ticktext": [f"L{l}" for l in range(graph.n_layers)] + ["final"], "title": "layer"},
+        clickmode="event+select",
+    )
+    return fig
