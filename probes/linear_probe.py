@@ -4,8 +4,16 @@
 
 Features by task: text: "vowel" (this character is a vowel), "position_in_word" (0, 1, 2,
 3+ characters into the word); sort: "smaller_than_previous" (this number of the unsorted
-list is smaller than the one before it); induction: "previous_token_low" (the token before
-this one is in the lower half of the symbols, which only a previous-token head can tell).
+list is smaller than the one before it); induction: "seen_before" (this token already
+occurred earlier in the sequence: what an induction head's query matches on, so it is
+readable after the induction layer and not from the embedding), "previous_token_low" (the
+token before this one is in the lower half of the symbols, which only a previous-token head
+can tell).
+
+Selectivity is task minus control accuracy (Hewitt & Liang, 2019). The control task labels
+the *current* token's type, which every stream still carries, so it is high wherever the
+token identity is linearly readable (1.0 on the embedding): a feature of the context has
+positive selectivity only on the streams where the model has computed it.
 """
 
 from __future__ import annotations
@@ -45,6 +53,15 @@ def _smaller_than_previous(run: Run, tokens: Tensor) -> Tensor:
     return labels
 
 
+def _seen_before(run: Run, tokens: Tensor) -> Tensor:
+    pos = torch.arange(tokens.shape[1])
+    earlier = (pos[None, :] < pos[:, None]) & (pos[None, :] > 0)  # [i, j]: j before i, BOS excluded
+    same = tokens[:, :, None] == tokens[:, None, :]  # [batch, i, j]
+    labels = (same & earlier).any(-1).long()
+    labels[:, 0] = IGNORE  # BOS is not a symbol
+    return labels
+
+
 def _previous_token_low(run: Run, tokens: Tensor) -> Tensor:
     labels = torch.full_like(tokens, IGNORE)
     labels[:, 2:] = (tokens[:, 1:-1] <= run.task.n_symbols // 2).long()
@@ -54,7 +71,7 @@ def _previous_token_low(run: Run, tokens: Tensor) -> Tensor:
 FEATURES: dict[str, dict[str, Callable[[Run, Tensor], Tensor]]] = {
     "text": {"vowel": _vowel, "position_in_word": _position_in_word},
     "sort": {"smaller_than_previous": _smaller_than_previous},
-    "induction": {"previous_token_low": _previous_token_low},
+    "induction": {"seen_before": _seen_before, "previous_token_low": _previous_token_low},
 }
 
 

@@ -55,8 +55,14 @@ def fit_probe(
     lr: float = 1.0,
     test_fraction: float = 0.25,
     seed: int = 0,
+    groups: Int[Tensor, " n_groups"] | None = None,  # checked against features with a clear error
 ) -> ProbeFit:
-    """Train logistic regression on a random (1 - test_fraction) of the rows; score on the rest."""
+    """Train logistic regression on a random (1 - test_fraction) of the rows; score on the rest.
+
+    `groups` [n] (e.g. the sequence each row came from) makes the split by group: every row of
+    a held-out group is in the test set, so the probe is scored on examples it never saw,
+    not on other positions of sequences it was trained on.
+    """
     if features.shape[0] != labels.shape[0]:
         raise ValueError(f"{features.shape[0]} feature rows but {labels.shape[0]} labels; give one label per row")
     if not 0.0 < test_fraction < 1.0:
@@ -64,19 +70,18 @@ def fit_probe(
     if labels.min() < 0:
         raise ValueError("labels must be >= 0 here; drop IGNORE rows first (probe_layers does)")
     n = features.shape[0]
-    n_test = int(round(n * test_fraction))
-    if n_test < 1 or n - n_test < 2:
-        raise ValueError(f"{n} rows are too few to split into train and test; give at least 4")
     n_classes = int(labels.max()) + 1 if n_classes is None else n_classes
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(n, generator=gen)
-    test, train = order[:n_test], order[n_test:]
+    if int(labels.max()) >= n_classes:
+        raise ValueError(f"labels go up to {int(labels.max())} but n_classes is {n_classes}; give n_classes > every label")
+    train, test = _split(n, test_fraction, seed, groups)
     x = features.detach().float().cpu()
     mu, sd = x[train].mean(0), x[train].std(0).clamp_min(1e-6)
     x = (x - mu) / sd
     y = labels.cpu()
-    torch.manual_seed(seed)
-    linear = Linear(x.shape[1], n_classes)
+    # Linear's own init draws from the global generator; fork_rng keeps the caller's state as it
+    # was (the draw is thrown away: the probe starts from zeros, so the fit is deterministic)
+    with torch.random.fork_rng(devices=[]):
+        linear = Linear(x.shape[1], n_classes)
     nn.init.zeros_(linear.weight)
     nn.init.zeros_(linear.bias)
     opt = torch.optim.LBFGS(linear.parameters(), lr=lr, max_iter=steps, line_search_fn="strong_wolfe")
@@ -99,6 +104,30 @@ def fit_probe(
         chance,
         nn.Sequential(standardise, linear),
     )
+
+
+def _split(n: int, test_fraction: float, seed: int, groups: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Row indices (train, test): a random test_fraction of the rows, or of the groups when given."""
+    gen = torch.Generator().manual_seed(seed)
+    if groups is None:
+        n_test = int(round(n * test_fraction))
+        if n_test < 1 or n - n_test < 2:
+            raise ValueError(f"{n} rows are too few to split into train and test; give at least 4")
+        order = torch.randperm(n, generator=gen)
+        return order[n_test:], order[:n_test]
+    if groups.shape != (n,):
+        raise ValueError(f"groups has shape {tuple(groups.shape)}; give one group id per feature row, shape ({n},)")
+    ids, group_of_row = groups.cpu().unique(return_inverse=True)
+    n_test = int(round(len(ids) * test_fraction))
+    if n_test < 1 or len(ids) - n_test < 1:
+        raise ValueError(f"{len(ids)} groups are too few to hold some out for testing; give at least 2")
+    held_out = torch.zeros(len(ids), dtype=torch.bool)
+    held_out[torch.randperm(len(ids), generator=gen)[:n_test]] = True
+    test_rows = held_out[group_of_row]
+    train, test = (~test_rows).nonzero().flatten(), test_rows.nonzero().flatten()
+    if len(train) < 2:
+        raise ValueError(f"only {len(train)} training rows after holding out {n_test} of {len(ids)} groups; give more rows")
+    return train, test
 
 
 class _Standardise(nn.Module):
@@ -141,24 +170,31 @@ def probe_layers(
     device = next(model.parameters()).device
     _, cache = model.run_with_cache(tokens.to(device), names=lambda n: n.endswith(("resid_pre", "resid_post")))
     stack = cache.accumulated_resid()
+    tokens, labels = tokens.cpu(), labels.cpu()
     keep = labels != IGNORE
     control = control_labels(tokens, labels, seed)
     n_classes = int(labels.max()) + 1
+    # split by sequence: positions of one sequence share its tokens, so a probe tested on other
+    # positions of its training sequences would be scored partly on what it memorised
+    sequence = torch.arange(tokens.shape[0], device=labels.device)[:, None].expand_as(labels)[keep]
     task_acc, control_acc, chance = [], [], 0.0
     for acts in stack.values:
         x = acts[keep.to(acts.device)].cpu()
-        fit = fit_probe(x, labels[keep], n_classes, l2=l2, seed=seed)
+        fit = fit_probe(x, labels[keep], n_classes, l2=l2, seed=seed, groups=sequence)
         task_acc.append(fit.test_accuracy)
         chance = fit.chance
-        control_acc.append(fit_probe(x, control[keep], n_classes, l2=l2, seed=seed).test_accuracy)
+        control_acc.append(fit_probe(x, control[keep], n_classes, l2=l2, seed=seed, groups=sequence).test_accuracy)
     return LayerProbes(stack.labels, torch.tensor(task_acc), torch.tensor(control_acc), chance)
 
 
 def random_model_like(model: Transformer, seed: int = 0) -> Transformer:
     """A freshly initialised model of the same shape: the baseline a trained model's probes must beat."""
-    torch.manual_seed(seed)
-    fresh = Transformer(model.cfg).to(next(model.parameters()).device)
-    return fresh.eval()
+    # the blocks' initialisers draw from the global generator and take none of their own, so the
+    # seeding is confined to a forked RNG state: the caller's random stream is left as it was
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = Transformer(model.cfg)
+    return fresh.to(next(model.parameters()).device).eval()
 
 
 def probe_figure(trained: LayerProbes, random: LayerProbes | None = None, title: str = "linear probe") -> go.Figure:

@@ -3,11 +3,14 @@
 import json
 
 import pytest
+import torch
 
+from blocks.runs import load_run
 from blocks.tasks import get_task
 from blocks.train_config import TrainConfig
 from blocks.trainer import Trainer
 from probes import flow, grokking, induction, linear_probe, patching
+from probes.probing import IGNORE
 
 TINY = {
     "induction": dict(n_symbols=8, seq_len=16, min_repeat=3, max_repeat=6, n_train=64, n_test=16, eval_n=6),
@@ -72,6 +75,15 @@ def test_linear_probe_and_grokking(runs, tmp_path):
     assert (tmp_path / "curves.html").exists()
 
 
+def test_induction_probes_by_default_whether_a_token_was_seen_before(runs, tmp_path):
+    run = load_run(runs["induction"])
+    tokens = torch.tensor([[0, 5, 6, 5, 7, 6, 6, 0]])  # BOS, then symbols; a later 0 is not BOS's repeat
+    assert linear_probe.FEATURES["induction"]["seen_before"](run, tokens).tolist() == [[IGNORE, 0, 0, 1, 0, 1, 1, 0]]
+    linear_probe.main(["--run", str(runs["induction"]), "--out", str(tmp_path), "--rows", "16"])
+    data = _json(tmp_path / "probe_seen_before.json")
+    assert data["streams"] == ["0_pre", "1_pre", "final_post"] and 0.0 < data["chance"] < 1.0
+
+
 @pytest.mark.parametrize("script, argv, message", [
     (grokking, ["--run", "{induction}"], "needs a run of task 'modular_addition'"),
     (linear_probe, ["--run", "{modular_addition}"], "needs a run of task"),
@@ -79,11 +91,20 @@ def test_linear_probe_and_grokking(runs, tmp_path):
     (induction, ["--run", "/nonexistent/run"], "not a run directory"),
     (patching, ["--run", "{induction}", "--clean", "BOS 1 2", "--corrupted", "BOS 1"], "same length"),
     (patching, ["--run", "{induction}", "--clean", "BOS 1 2"], "give both"),
+    (patching, ["--run", "{induction}", "--clean", "", "--corrupted", ""], "--clean is empty"),
+    (patching, ["--run", "{induction}", "--clean", "BOS 1", "--corrupted", "  "], "--corrupted is empty"),
+    (flow, ["--run", "{induction}", "--prompt", ""], "--prompt is empty"),
+    (induction, ["--run", "{induction}", "--device", "quantum"], "--device 'quantum' is not a torch device; available here: cpu"),
+    (induction, ["--run", "{induction}", "--device", "cuda:99"], "--device 'cuda:99' is not available on this machine"),
+    (linear_probe, ["--run", "{induction}", "--device", "mps:5"], "available here: cpu"),
+    (induction, ["--run", "{induction}", "--out", "{induction}/config.json/out"], "cannot be created"),
 ])
 def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys, script, argv, message):
     argv = [a.format(**{k: str(v) for k, v in runs.items()}) for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path)]
     with pytest.raises(SystemExit) as exit_info:
-        script.main(argv + ["--out", str(tmp_path)])
+        script.main(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
