@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from blocks.saving import atomic_write_bytes, load_tensors, save_tensors
+from blocks.saving import atomic_write_bytes, load_tensors, read_json, save_tensors
 
 CHECKPOINTS = "checkpoints"
 _WEIGHTS = re.compile(r"^step_(\d+)\.safetensors$")
@@ -58,12 +58,7 @@ def load_training_state(run_dir: Path, step: int) -> tuple[dict[str, Tensor], di
     weights, optim_path, state_path = checkpoint_files(run_dir, step)
     model_state = load_tensors(weights)
     tensors = load_tensors(optim_path)
-    try:
-        state = json.loads(state_path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no trainer state at {state_path}; checkpoint {step} cannot be resumed") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{state_path} is not valid JSON ({err}); it may be truncated or corrupt") from err
+    state = read_json(state_path, f"trainer state for checkpoint {step}")
     rng = {k: tensors.pop(k) for k in list(tensors) if k.startswith("rng.")}
     state["rng"] = rng
     return model_state, unflatten_optimizer(tensors, state["optimizer"]), state

@@ -17,7 +17,7 @@ import torch
 
 from blocks.checkpoints import checkpoint_files, checkpoint_steps
 from blocks.config import TransformerConfig
-from blocks.saving import check_state_dict, load_tensors
+from blocks.saving import check_state_dict, load_tensors, read_json
 from blocks.tasks import get_task
 from blocks.tasks.base import Task, Tokenizer
 from blocks.transformer import Transformer
@@ -47,10 +47,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
     file = path / CONFIG
     if not file.is_file():
         raise FileNotFoundError(f"{path} is not a run directory: it has no {CONFIG} (train one with python -m blocks.train)")
-    try:
-        config = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{file} is not valid JSON ({err})") from err
+    config = read_json(file, "run config")
     missing = {"model", "task", "train", "tokenizer"} - set(config)
     if missing:
         raise ValueError(f"{file} lacks the section(s) {sorted(missing)}; a run config has model, task, train, tokenizer")

@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -89,14 +90,19 @@ def save_model(model: Transformer, directory: str | Path) -> Path:
     return directory
 
 
-def load_config(path: str | Path) -> TransformerConfig:
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """Parse a JSON file; a missing or unparsable file raises an error that names it."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"no config at {path}") from None
+        raise FileNotFoundError(f"no {what} at {path}") from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
+        raise ValueError(f"{path} is not valid JSON ({err}); it may be truncated or corrupt") from err
+
+
+def load_config(path: str | Path) -> TransformerConfig:
+    data = read_json(path, "config")
     return TransformerConfig.from_dict(data.get("model", data))
 
 

@@ -27,6 +27,7 @@ from blocks.tasks import TASKS, get_task, task_options
 from blocks.tasks.base import Task
 from blocks.train_config import TrainConfig
 from blocks.runs import CONFIG, read_config
+from blocks.saving import read_json
 from blocks.trainer import RESUME_MAY_CHANGE, Trainer, TrainingDiverged, TrainResult
 
 MODEL_KEYS = [f.name for f in dataclasses.fields(TransformerConfig)]
@@ -62,10 +63,7 @@ def read_config_file(path: str) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"no config file at {file}")
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{file} is not valid JSON ({err})") from err
+    data = read_json(file, "config file")
     if not isinstance(data, dict):
         raise ValueError(f"{file} must hold a JSON object of options, got {type(data).__name__}")
     if {"model", "train"} & set(data) and all(isinstance(v, dict) for v in data.values()):
