@@ -143,6 +143,13 @@ def _layer_name(model: Transformer, layer: int, kind: str) -> str:
     return f"blocks.{layer}.hook_{kind}"
 
 
+def _one_hot(shape: tuple[int, ...], index: tuple[int, ...]) -> Tensor:
+    """A boolean mask of `shape` (broadcast against one example's activation) set at `index` only."""
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[index] = True
+    return mask
+
+
 def patch_by_layer_pos(
     model: Transformer,
     clean: Int[Tensor, "batch pos"],
@@ -156,10 +163,7 @@ def patch_by_layer_pos(
     cells = []
     for layer in range(L):
         name = _layer_name(model, layer, kind)
-        for p in range(pos):
-            mask = torch.zeros(pos, 1, dtype=torch.bool)
-            mask[p] = True
-            cells.append(_Cell(name, mask))
+        cells += [_Cell(name, _one_hot((pos, 1), (p,))) for p in range(pos)]
     values, c, k = _sweep(model, clean, corrupted, metric, cells, max_copies)
     return PatchingResult(values.view(L, pos), ("layer", "pos"), c, k, f"patching {kind}")
 
@@ -175,10 +179,7 @@ def patch_heads(
     L, H = model.cfg.n_layers, model.cfg.n_heads
     cells = []
     for layer in range(L):
-        for h in range(H):
-            mask = torch.zeros(1, H, 1, dtype=torch.bool)
-            mask[0, h] = True
-            cells.append(_Cell(f"blocks.{layer}.attn.hook_z", mask))
+        cells += [_Cell(f"blocks.{layer}.attn.hook_z", _one_hot((1, H, 1), (0, h))) for h in range(H)]
     values, c, k = _sweep(model, clean, corrupted, metric, cells, max_copies)
     return PatchingResult(values.view(L, H), ("layer", "head"), c, k, "patching head outputs (all positions)")
 
@@ -194,11 +195,7 @@ def patch_heads_by_pos(
     L, H, pos = model.cfg.n_layers, model.cfg.n_heads, clean.shape[1]
     cells = []
     for layer in range(L):
-        for h in range(H):
-            for p in range(pos):
-                mask = torch.zeros(pos, H, 1, dtype=torch.bool)
-                mask[p, h] = True
-                cells.append(_Cell(f"blocks.{layer}.attn.hook_z", mask))
+        cells += [_Cell(f"blocks.{layer}.attn.hook_z", _one_hot((pos, H, 1), (p, h))) for h in range(H) for p in range(pos)]
     values, c, k = _sweep(model, clean, corrupted, metric, cells, max_copies)
     return PatchingResult(values.view(L, H, pos), ("layer", "head", "pos"), c, k, "patching head outputs by position")
 
@@ -214,10 +211,7 @@ def patch_head_patterns(
     L, H = model.cfg.n_layers, model.cfg.n_heads
     cells = []
     for layer in range(L):
-        for h in range(H):
-            mask = torch.zeros(H, 1, 1, dtype=torch.bool)
-            mask[h] = True
-            cells.append(_Cell(f"blocks.{layer}.attn.hook_pattern", mask))
+        cells += [_Cell(f"blocks.{layer}.attn.hook_pattern", _one_hot((H, 1, 1), (h,))) for h in range(H)]
     values, c, k = _sweep(model, clean, corrupted, metric, cells, max_copies)
     return PatchingResult(values.view(L, H), ("layer", "head"), c, k, "patching head patterns")
 
