@@ -14,8 +14,12 @@ from torch import Tensor
 
 def next_token_nll(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos_minus_1"]:
     """Per-position loss of predicting tokens[:, t+1] from position t (float32 even under autocast)."""
-    logp = logits[:, :-1].float().log_softmax(-1)
-    return -logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    return target_nll(logits[:, :-1], tokens[:, 1:])
+
+
+def target_nll(logits: Float[Tensor, "batch pos d_vocab"], targets: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos"]:
+    """Per-position loss of `targets` under `logits` (float32 even under autocast)."""
+    return -logits.float().log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
 
 
 def masked_mean(values: Float[Tensor, "batch pos"], mask: Tensor) -> float:
