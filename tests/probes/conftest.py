@@ -5,8 +5,6 @@ import torch
 
 from blocks import Transformer, TransformerConfig
 
-torch.set_num_threads(1)  # tiny tensors: threads only add contention on shared CI machines
-
 
 def random_model(**overrides) -> Transformer:
     torch.manual_seed(0)

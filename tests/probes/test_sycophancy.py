@@ -22,18 +22,13 @@ def _train(task, cfg, steps, out):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # xdist workers share 2 cores; two threads each thrash
-    try:
-        root = tmp_path_factory.mktemp("runs")
-        task = get_task("sycophancy", n_train=4000, n_test=200)
-        cfg = TransformerConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, d_vocab=task.tokenizer.d_vocab, n_ctx=task.seq_len)
-        _train(task, cfg, 300, root / "sycophancy")  # long enough to learn to defer (about 10 s)
-        other = get_task("induction", n_symbols=8, seq_len=16, min_repeat=3, max_repeat=6, n_train=64, n_test=16, eval_n=6)
-        _train(other, other.default_model_config(), 2, root / "induction")
-        yield {"sycophancy": root / "sycophancy", "induction": root / "induction"}
-    finally:
-        torch.set_num_threads(threads)
+    root = tmp_path_factory.mktemp("runs")
+    task = get_task("sycophancy", n_train=4000, n_test=200)
+    cfg = TransformerConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, d_vocab=task.tokenizer.d_vocab, n_ctx=task.seq_len)
+    _train(task, cfg, 300, root / "sycophancy")  # long enough to learn to defer (about 10 s)
+    other = get_task("induction", n_symbols=8, seq_len=16, min_repeat=3, max_repeat=6, n_train=64, n_test=16, eval_n=6)
+    _train(other, other.default_model_config(), 2, root / "induction")
+    return {"sycophancy": root / "sycophancy", "induction": root / "induction"}
 
 
 def test_script_finds_the_opinion_heads_and_reports_the_intervention(runs, tmp_path, capsys):
