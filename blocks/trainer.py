@@ -28,7 +28,7 @@ from blocks.tasks.base import Task
 from blocks.tasks.common import dataset_tensors, target_nll
 from blocks.train_config import TrainConfig
 from blocks.transformer import Transformer
-from scratchnn.mnist import available_devices
+from scratchnn.devices import pick_device
 
 # Trainer settings that change neither the weights so far nor what a step does: a resumed run may
 # change them. `steps` moves the end of the run (and so the lr schedule from here on): a finished run
@@ -66,20 +66,6 @@ def checkpoint_schedule(cfg: TrainConfig) -> set[int]:
     n = cfg.n_checkpoints
     steps = {round(cfg.steps ** (i / max(1, n - 1))) for i in range(n)}
     return steps | {0, cfg.steps}
-
-
-def pick_device(name: str) -> torch.device:
-    """"auto" (cuda, then mps, then cpu) or one of `available_devices()`; anything else raises naming both."""
-    if name != "auto":
-        available = available_devices()
-        if name not in available:
-            raise ValueError(f"device {name!r} is not available here; choose one of auto, {', '.join(available)}")
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def run_config(task: Task, model_cfg: TransformerConfig, train_cfg: TrainConfig) -> dict[str, Any]:

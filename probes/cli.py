@@ -21,6 +21,7 @@ import torch
 
 from blocks.runs import Run, load_run
 from blocks.runtime import keep_freed_memory
+from scratchnn.devices import pick_device
 
 
 class WrongTaskError(ValueError):
@@ -38,32 +39,6 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def available_devices() -> list[str]:
-    """The torch devices this machine can run on: cpu, then each cuda index and mps where present."""
-    devices = ["cpu"]
-    if torch.cuda.is_available():
-        devices += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if torch.backends.mps.is_available():
-        devices.append("mps")
-    return devices
-
-
-def check_device(name: str) -> torch.device:
-    """`name` as a torch.device; ValueError naming the available ones if it is malformed or not on this machine."""
-    available = available_devices()
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a torch device; available here: {', '.join(available)}") from None
-    if device.type == "cpu":
-        return device
-    if device.type == "cuda" and torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count():
-        return device
-    if device.type == "mps" and torch.backends.mps.is_available():
-        return device
-    raise ValueError(f"--device {name!r} is not available on this machine; available here: {', '.join(available)}")
-
-
 def check_out(out: str | Path) -> Path:
     """Create the folder `out`; ValueError if it cannot be created or written (e.g. a path under a file)."""
     path = Path(out)
@@ -78,7 +53,7 @@ def check_out(out: str | Path) -> Path:
 
 def load(args: argparse.Namespace, tasks: Sequence[str] | None = None) -> Run:
     """Load `args.run` at `args.step`; raise WrongTaskError unless its task is one of `tasks`."""
-    run = load_run(args.run, step=args.step, device=check_device(args.device))
+    run = load_run(args.run, step=args.step, device=pick_device(args.device))
     name = run.config["task"]["name"]
     if tasks is not None and name not in tasks:
         raise WrongTaskError(f"{args.run} is a {name!r} run; this probe needs a run of task {' or '.join(map(repr, tasks))}")
@@ -133,7 +108,7 @@ def main(
         # notebooks), and a global switch would leak into whatever runs next
         with torch.no_grad():
             # the cheap checks first, so a typo does not wait for the run to load
-            check_device(args.device)
+            pick_device(args.device)
             check_out(args.out)
             run = load(args, tasks)
             body(args, run)

@@ -25,6 +25,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from scratchnn.devices import pick_device
 from scratchnn.idx import read_mnist_split
 from scratchnn.mlp import MNISTClassifier
 
@@ -99,26 +100,6 @@ def to_tensors(split: datasets.Dataset) -> MNISTTensors:
     images = (torch.from_numpy(pixels).float() / 255.0 - PIXEL_MEAN) / PIXEL_STD
     labels = torch.from_numpy(np.asarray(columns["label"], dtype=np.int64))
     return MNISTTensors(images, labels)
-
-
-def available_devices() -> list[str]:
-    """Device names this machine can run on, best first is not implied: cpu, cuda[:i], mps."""
-    names = ["cpu"]
-    if torch.cuda.is_available():
-        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if torch.backends.mps.is_available():
-        names.append("mps")
-    return names
-
-
-def pick_device(name: str | None = None) -> torch.device:
-    """`name` checked against what is available; None gives cuda if present, else mps, else cpu."""
-    available = available_devices()
-    if name is None:
-        return torch.device("cuda" if "cuda" in available else "mps" if "mps" in available else "cpu")
-    if name not in available:
-        raise ValueError(f"device {name!r} is not available here; choose one of {', '.join(available)}")
-    return torch.device(name)
 
 
 def train_epoch(

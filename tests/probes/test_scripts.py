@@ -94,9 +94,9 @@ def test_induction_probes_by_default_whether_a_token_was_seen_before(runs, tmp_p
     (patching, ["--run", "{induction}", "--clean", "", "--corrupted", ""], "--clean is empty"),
     (patching, ["--run", "{induction}", "--clean", "BOS 1", "--corrupted", "  "], "--corrupted is empty"),
     (flow, ["--run", "{induction}", "--prompt", ""], "--prompt is empty"),
-    (induction, ["--run", "{induction}", "--device", "quantum"], "--device 'quantum' is not a torch device; available here: cpu"),
-    (induction, ["--run", "{induction}", "--device", "cuda:99"], "--device 'cuda:99' is not available on this machine"),
-    (linear_probe, ["--run", "{induction}", "--device", "mps:5"], "available here: cpu"),
+    (induction, ["--run", "{induction}", "--device", "quantum"], "device 'quantum' is not available here; choose one of auto, cpu"),
+    (induction, ["--run", "{induction}", "--device", "cuda:99"], "device 'cuda:99' is not available here"),
+    (linear_probe, ["--run", "{induction}", "--device", "mps:5"], "choose one of auto, cpu"),
     (induction, ["--run", "{induction}", "--out", "{induction}/config.json/out"], "cannot be created"),
 ])
 def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys, script, argv, message):

@@ -104,7 +104,7 @@ def test_cli_bad_input(tmp_path: Path, capsys) -> None:
 
 
 def test_unknown_device_lists_available() -> None:
-    with pytest.raises(ValueError, match="choose one of cpu"):
+    with pytest.raises(ValueError, match="choose one of auto, cpu"):
         pick_device("cuda:7")
     assert pick_device("cpu") == torch.device("cpu")
     assert pick_device(None).type in {"cpu", "cuda", "mps"}
