@@ -6,6 +6,8 @@ during training; probes re-exports them beside its figures.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -26,6 +28,22 @@ def repeated_tokens(
     gen = torch.Generator().manual_seed(seed)
     r = torch.randint(low, high, (batch, n), generator=gen)
     return torch.cat([torch.full((batch, 1), bos), r, r], dim=1)
+
+
+def score_batch(
+    vocab: Sequence[str], n_ctx: int, batch: int = 16, seed: int = 0
+) -> tuple[Int[Tensor, "batch pos"], int] | None:
+    """The [BOS] + r + r batch a model of this vocabulary and context is scored on, and its n.
+
+    r is as long as the context allows, at most 20; None when that is under 4 tokens. BOS is
+    the token named "BOS" if the vocabulary has one, else id 0, and r draws from the other ids.
+    """
+    n = min(20, (n_ctx - 1) // 2)
+    if n < 4:
+        return None
+    bos = list(vocab).index("BOS") if "BOS" in vocab else 0
+    low, high = (1, len(vocab)) if bos == 0 else (0, bos)
+    return repeated_tokens(n, batch, low, high, bos, seed), n
 
 
 def pattern_scores(pattern: Float[Tensor, "batch n_heads query_pos key_pos"], n: int) -> dict[str, Float[Tensor, " n_heads"]]:

@@ -23,7 +23,7 @@ from blocks.checkpoints import CHECKPOINTS, checkpoint_files, checkpoint_steps, 
 from blocks.config import TransformerConfig
 from blocks.runs import CONFIG, METRICS, read_config, read_metrics
 from blocks.saving import atomic_write_bytes, check_state_dict
-from blocks.scores import head_scores, repeated_tokens
+from blocks.scores import head_scores, score_batch
 from blocks.tasks.base import Task
 from blocks.tasks.common import dataset_tensors, target_nll
 from blocks.train_config import TrainConfig
@@ -253,10 +253,9 @@ class Trainer:
         self.model.eval()
         try:
             numbers = {f"eval/{k}": v for k, v in self.task.evaluate(self.model).items()}
-            n = min(20, (self.model_cfg.n_ctx - 1) // 2)
-            if n >= 4:
-                tokens = repeated_tokens(n, 16, 1, self.model_cfg.d_vocab, 0, seed=self.cfg.seed + 99)
-                numbers["head_scores"] = {k: v.tolist() for k, v in head_scores(self.model, tokens, n).items()}
+            scored = score_batch(self.task.tokenizer.vocab, self.model_cfg.n_ctx, seed=self.cfg.seed + 99)
+            if scored is not None:
+                numbers["head_scores"] = {k: v.tolist() for k, v in head_scores(self.model, *scored).items()}
         finally:
             self.model.train()
         return numbers

@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from blocks.scores import SCORE_NAMES, head_scores, pattern_scores, repeated_tokens
+from blocks.scores import SCORE_NAMES, head_scores, pattern_scores, repeated_tokens, score_batch
 
 __all__ = [
     "SCORE_NAMES",
@@ -21,6 +21,7 @@ __all__ = [
     "head_scores_figure",
     "head_scores_over_steps_figure",
     "pattern_scores",
+    "score_batch",
     "repeated_tokens",
     "top_heads",
 ]

@@ -34,8 +34,7 @@ from torch import Tensor
 from blocks.cache import ActivationCache
 from blocks.checkpoints import checkpoint_files
 from blocks.runs import Run, checkpoint_status, load_run
-from blocks.tasks.base import Tokenizer, UnknownTokenError
-from probes.head_scores import repeated_tokens
+from blocks.tasks.base import UnknownTokenError
 from views.paths import RunPathError, list_runs, resolve_run, runs_root
 
 STATE_KEYS = (
@@ -92,15 +91,6 @@ def activations(path: str, step: int, mtime: float, tokens: tuple[int, ...]) -> 
 def position_labels(tokenizer: Any, ids: list[int]) -> list[str]:
     """'pos:token' labels, unique even when a token repeats (plotly merges equal category labels)."""
     return [f"{i}:{t}" for i, t in enumerate(tokenizer.token_strs(ids))]
-
-
-def score_batch(tokenizer: Tokenizer, n_ctx: int) -> tuple[torch.Tensor, int]:
-    """[BOS] + r + r rows for the head scores (DESIGN.md), as long as the context allows (n at most 20)."""
-    bos = tokenizer.vocab.index("BOS") if "BOS" in tokenizer.vocab else 0
-    low = 1 if bos == 0 else 0
-    high = tokenizer.d_vocab if bos == 0 else bos
-    n = min(20, (n_ctx - 1) // 2)
-    return repeated_tokens(n, 16, low, high, bos, seed=0), n
 
 
 def _choose_run(root: Path) -> Path | None:

@@ -4,15 +4,16 @@ import streamlit as st
 import torch
 
 from probes.circuits import circuit_figure, copying_score, ov_circuit, qk_circuit
-from probes.head_scores import SCORE_NAMES, head_scores, head_scores_figure
-from views.common import page_context, score_batch
+from probes.head_scores import SCORE_NAMES, head_scores, head_scores_figure, score_batch
+from views.common import page_context
 from views.figures import matrix_figure
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)
-def scores_of(_model, _tokenizer, key: tuple) -> dict[str, torch.Tensor]:
-    tokens, n = score_batch(_tokenizer, _model.cfg.n_ctx)
-    return head_scores(_model, tokens, n)
+def scores_of(_model, _tokenizer, key: tuple) -> tuple[dict[str, torch.Tensor], int] | None:
+    """The head scores of one checkpoint and the r length they used; None when the context is too short."""
+    scored = score_batch(_tokenizer.vocab, _model.cfg.n_ctx)
+    return None if scored is None else (head_scores(_model, *scored), scored[1])
 
 
 st.title("Attention heads")
@@ -22,9 +23,9 @@ if ctx is None:
 model, cfg, tok = ctx.run.model, ctx.run.model.cfg, ctx.run.tokenizer
 labels = [f"L{l}H{h}" for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
 
-if (cfg.n_ctx - 1) // 2 >= 4:
-    scores = scores_of(model, tok, ctx.key)
-    n = score_batch(tok, cfg.n_ctx)[1]
+scored = scores_of(model, tok, ctx.key)
+if scored is not None:
+    scores, n = scored
     st.subheader("Head scores")
     st.caption(f"On 16 sequences [BOS] + r + r with r of {n} random tokens (a head 'is' one of these above 0.4).")
     st.dataframe({"head": labels, **{s: [round(float(v), 4) for v in scores[s].flatten()] for s in SCORE_NAMES}},

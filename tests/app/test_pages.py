@@ -13,7 +13,7 @@ from probes.ablation import head_ablation, neuron_ablation, run_ablated
 from probes.activation_patching import logit_diff_metric, patch_heads
 from probes.circuits import copying_score, ov_circuit
 from probes.logit_lens import direct_logit_attribution, logit_lens
-from views.common import score_batch
+from probes.head_scores import score_batch
 
 PROMPT = "BOS 1 2 3 4 5 6 1 2 3 4 5 6"
 
@@ -26,7 +26,7 @@ def test_heads_page_scores_and_circuits(app, runs_dir):
     at = app("heads", run="attn", prompt=PROMPT, head="L1H0")
     assert not at.exception, at.exception
     run = load_run(runs_dir / "attn")
-    batch, n = score_batch(run.tokenizer, run.model.cfg.n_ctx)
+    batch, n = score_batch(run.tokenizer.vocab, run.model.cfg.n_ctx)
     scores = head_scores(run.model, batch, n)
     table = at.dataframe[0].value.set_index("head")
     for layer in range(2):
@@ -127,6 +127,6 @@ def test_scrubbing_checkpoints_changes_the_head_scores(app, runs_dir):
         at.sidebar.select_slider(key="step").set_value(step).run()
         assert not at.exception, at.exception
         run = load_run(runs_dir / "attn", step=step)
-        batch, n = score_batch(run.tokenizer, run.model.cfg.n_ctx)
+        batch, n = score_batch(run.tokenizer.vocab, run.model.cfg.n_ctx)
         expected = head_scores(run.model, batch, n)["induction"].flatten()
         assert at.dataframe[0].value["induction"].tolist() == [round(float(v), 4) for v in expected]

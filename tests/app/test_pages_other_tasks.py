@@ -22,7 +22,7 @@ from probes.circuits import copying_score, ov_circuit
 from probes.head_scores import head_scores
 from probes.information_flow import TAU, information_flow
 from probes.logit_lens import logit_lens
-from views.common import score_batch
+from probes.head_scores import score_batch
 
 
 def mean_loss(logits: torch.Tensor, tokens: torch.Tensor) -> float:
@@ -73,7 +73,7 @@ def test_every_page_on_a_non_induction_run(app, runs_dir, name):
     assert not at.exception, at.exception
     assert len(at.tabs) == cfg.n_layers
     if fits:
-        batch, r = score_batch(tok, cfg.n_ctx)
+        batch, r = score_batch(tok.vocab, cfg.n_ctx)
         scores = head_scores(model, batch, r)
         table = at.dataframe[0].value
         assert len(table) == cfg.n_layers * cfg.n_heads

@@ -60,3 +60,13 @@ def test_figures(prev_model):
         head_scores_over_steps_figure([0], per_step[:1], "nope")
     with pytest.raises(ValueError, match="one dict per step"):
         head_scores_over_steps_figure([0], per_step, "induction")
+
+
+def test_score_batch_finds_bos_and_refuses_short_contexts():
+    from probes.head_scores import score_batch
+
+    tokens, n = score_batch(["a", "b", "c", "d", "e", "BOS"], n_ctx=11)
+    assert n == 5 and tokens.shape == (16, 11)
+    assert (tokens[:, 0] == 5).all() and tokens[:, 1:].max() < 5  # r never draws BOS
+    assert torch.equal(tokens[:, 1:6], tokens[:, 6:])
+    assert score_batch(["BOS", "x"], n_ctx=8) is None  # r would be 3 tokens
