@@ -16,14 +16,15 @@ from streamlit.testing.v1 import AppTest
 
 from blocks import Transformer, TransformerConfig
 from blocks.saving import save_tensors
-from blocks.scores import head_scores, repeated_tokens
+from blocks.scores import head_scores, repeated_tokens, score_batch
 from blocks.tasks.common import dataset_tensors, next_token_nll
 from blocks.tasks import get_task
 from blocks.tasks.induction import BOS, InductionTask
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # views/ sits beside app.py, outside the installed packages
-APP = str(ROOT / "app.py")
+
+from app_server import APP  # noqa: E402  (a module name no other tests folder has, unlike conftest)
 TASK_OPTIONS = {"seed": 0, "n_symbols": 10, "seq_len": 24, "min_repeat": 3, "max_repeat": 8,
                 "n_train": 64, "n_test": 16, "eval_n": 6, "loss_on": "all"}
 STEPS = (0, 4, 8)
@@ -52,9 +53,7 @@ def make_task_run(path: Path, name: str, options: dict, seed: int = 0, **model: 
     """
     task = get_task(name, **options)
     cfg = TransformerConfig(d_vocab=task.tokenizer.d_vocab, n_ctx=task.seq_len, **model)
-    n = min(20, (cfg.n_ctx - 1) // 2)
-    score = (repeated_tokens(n, 16, 1, cfg.d_vocab, 0, seed=99), n) if n >= 4 else None
-    return write_run(path, name, options, cfg, seed, score)
+    return write_run(path, name, options, cfg, seed, score_batch(task.tokenizer.vocab, cfg.n_ctx, seed=99))
 
 
 def write_run(path: Path, name: str, options: dict, cfg: TransformerConfig, seed: int,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import APP
+from app_server import APP
 from streamlit.testing.v1 import AppTest
 
 from blocks.runs import load_run
