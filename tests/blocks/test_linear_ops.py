@@ -1,0 +1,119 @@
+"""The oneDNN linear path computes what addmm computes: forward, gradients, second gradients, and in the model."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from blocks import linear_ops
+from blocks.linear_ops import affine, fused_kernels, onednn_available
+
+from transformer_helpers import make_model, tokens_for
+
+needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN linear")
+
+
+def inputs(requires_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 16, generator=g, requires_grad=requires_grad)
+    w = torch.randn(16, 24, generator=g, requires_grad=requires_grad)
+    b = torch.randn(24, generator=g, requires_grad=requires_grad)
+    return x, w, b
+
+
+@needs_onednn
+@pytest.mark.parametrize("act", [None, "relu", "gelu"])
+def test_fused_forward_matches_addmm_and_the_activation(act: str | None) -> None:
+    x, w, b = inputs()
+    want = x @ w + b
+    want = want if act is None else {"relu": F.relu, "gelu": F.gelu}[act](want)
+    with torch.no_grad():
+        got = affine(x, w, b, act=act)
+        with fused_kernels(False):
+            reference = affine(x, w, b, act=act)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(reference, want, atol=1e-5, rtol=1e-5)
+
+
+@needs_onednn
+def test_the_oneDNN_kernel_is_the_one_called_without_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = linear_ops._onednn
+    monkeypatch.setattr(linear_ops, "_onednn", lambda *a: calls.append(a[3]) or real(*a))
+    x, w, b = inputs()
+    with torch.no_grad():
+        affine(x, w, b, act="gelu")
+        with fused_kernels(False):
+            affine(x, w, b, act="gelu")
+        affine(x.double(), w.double(), b.double())  # float64 is addmm's
+    assert calls == ["gelu"]
+
+
+@needs_onednn
+@pytest.mark.parametrize("act", [None, "gelu"])
+def test_fused_gradients_match_addmm(act: str | None) -> None:
+    grads = []
+    for enabled in (True, False):
+        x, w, b = inputs(requires_grad=True)
+        with fused_kernels(enabled):
+            out = affine(x, w, b, act=act)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append([x.grad, w.grad, b.grad])
+    for fused, plain in zip(*grads):
+        torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+
+
+@needs_onednn
+def test_second_derivatives_flow_through_the_fused_path() -> None:
+    results = []
+    for enabled in (True, False):
+        x, w, b = inputs(requires_grad=True)
+        with fused_kernels(enabled):
+            out = affine(x, w, b, act="gelu")
+        (grad_x,) = torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
+        (grad_w,) = torch.autograd.grad(grad_x.pow(2).sum(), w)
+        results.append(grad_w)
+    torch.testing.assert_close(results[0], results[1], atol=1e-4, rtol=1e-4)
+
+
+def test_fused_kernels_switch_is_scoped_to_the_block() -> None:
+    assert linear_ops._ENABLED.get() is True
+    with pytest.raises(RuntimeError):
+        with fused_kernels(False):
+            assert linear_ops._ENABLED.get() is False
+            raise RuntimeError("inside")
+    assert linear_ops._ENABLED.get() is True
+
+
+@pytest.mark.parametrize("act_fn", ["relu", "gelu"])
+def test_model_logits_and_training_gradients_are_the_same_on_both_paths(act_fn: str) -> None:
+    model = make_model(act_fn=act_fn)
+    tokens = tokens_for(model)
+    results = []
+    for enabled in (True, False):
+        model.zero_grad(set_to_none=True)
+        with fused_kernels(enabled):
+            with torch.no_grad():
+                plain = model(tokens)
+            logits = model(tokens)
+            F.cross_entropy(logits.flatten(0, 1), tokens.flatten()).backward()
+        results.append((plain, logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (plain_a, logits_a, grads_a), (plain_b, logits_b, grads_b) = results
+    torch.testing.assert_close(plain_a, plain_b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits_a, logits_b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(plain_a, logits_a, atol=1e-5, rtol=1e-5)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_mlp_fuses_its_activation_only_when_nobody_reads_the_pre_activation() -> None:
+    model = make_model(act_fn="gelu")
+    tokens = tokens_for(model)
+    with torch.no_grad():
+        plain = model(tokens)
+        _, cache = model.run_with_cache(tokens, names=lambda n: n.endswith(("hook_pre", "hook_post")))
+        _, post_only = model.run_with_cache(tokens, names=lambda n: n.endswith("hook_post"))
+    for layer in range(model.cfg.n_layers):
+        pre, post = cache[f"blocks.{layer}.mlp.hook_pre"], cache[f"blocks.{layer}.mlp.hook_post"]
+        torch.testing.assert_close(post, F.gelu(pre))
+        torch.testing.assert_close(post_only[f"blocks.{layer}.mlp.hook_post"], post, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.run_with_cache(tokens)[0], plain, atol=1e-5, rtol=1e-5)
