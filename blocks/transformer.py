@@ -67,7 +67,7 @@ class Transformer(HookedModule):
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
         self.check_tokens(tokens)
-        embed = self.hook_embed(self.embed.weight[tokens])
+        embed = self.hook_embed(self.embed.lookup(tokens))
         pos = self.hook_pos_embed(self.pos_embed(tokens))
         if self.cfg.positional == "shortformer":
             resid, qk_pos = embed, pos
