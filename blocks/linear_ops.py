@@ -55,6 +55,8 @@ def _use_onednn(x: Tensor, weight: Tensor) -> bool:
         _ENABLED.get()
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
+        # a slice of a weight (W_in[:, :64]) sends oneDNN to its reference kernel: 1,000x slower
+        and weight.is_contiguous()
         and not x.is_sparse
         and not torch._C._functorch.is_functorch_wrapped_tensor(x)
         and not torch.is_autocast_enabled("cpu")  # oneDNN's op would ignore autocast's lower precision

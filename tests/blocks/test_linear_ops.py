@@ -45,6 +45,8 @@ def test_the_oneDNN_kernel_is_the_one_called_without_gradients(monkeypatch: pyte
         with fused_kernels(False):
             affine(x, w, b, act="gelu")
         affine(x.double(), w.double(), b.double())  # float64 is addmm's
+        wide = torch.randn(16, 48)
+        torch.testing.assert_close(affine(x, wide[:, :24], b), x @ wide[:, :24] + b)  # a slice is addmm's
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert affine(x, w, b).dtype == torch.bfloat16  # autocast's precision, through addmm
     assert calls == ["gelu"]
