@@ -79,6 +79,15 @@ def test_second_derivatives_flow_through_the_fused_path() -> None:
     torch.testing.assert_close(results[0], results[1], atol=1e-4, rtol=1e-4)
 
 
+def test_probing_for_onednn_leaves_the_random_stream_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(linear_ops, "_AVAILABLE", None)
+    torch.manual_seed(3)
+    onednn_available()
+    after_probe = torch.rand(3)
+    torch.manual_seed(3)
+    torch.testing.assert_close(after_probe, torch.rand(3))
+
+
 def test_fused_kernels_switch_is_scoped_to_the_block() -> None:
     assert linear_ops._ENABLED.get() is True
     with pytest.raises(RuntimeError):
