@@ -1,5 +1,9 @@
 """The oneDNN linear path computes what addmm computes: forward, gradients, second gradients, and in the model."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +13,7 @@ from blocks.linear_ops import affine, fused_kernels, onednn_available
 
 from transformer_helpers import make_model, tokens_for
 
+REPO = Path(__file__).resolve().parents[2]
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN linear")
 
 
@@ -130,3 +135,18 @@ def test_mlp_fuses_its_activation_only_when_nobody_reads_the_pre_activation() ->
         torch.testing.assert_close(post, F.gelu(pre))
         torch.testing.assert_close(post_only[f"blocks.{layer}.mlp.hook_post"], post, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(model.run_with_cache(tokens)[0], plain, atol=1e-5, rtol=1e-5)
+
+
+def test_torch_compile_of_the_model_runs_and_agrees() -> None:
+    # in a fresh python: the tests' runtime shape checks cannot follow dynamo's fake tensors
+    code = (
+        "import torch; from blocks import Transformer, TransformerConfig\n"
+        "torch.manual_seed(0)\n"
+        "m = Transformer(TransformerConfig(n_layers=2, d_model=16, n_heads=2, d_mlp=24, d_vocab=13, n_ctx=10)).eval()\n"
+        "t = torch.randint(0, 13, (3, 7))\n"
+        "with torch.no_grad():\n"
+        "    print((torch.compile(m)(t) - m(t)).abs().max().item())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert float(done.stdout.strip().splitlines()[-1]) < 1e-5
