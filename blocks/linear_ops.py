@@ -4,7 +4,8 @@ On x86-64 CPUs in float32, oneDNN's linear primitive (the kernel torch.compile's
 adds the bias and applies ReLU or GELU inside the matmul: on both models of
 benchmarks/bench_transformer.py it raised forward tokens/s by about 10% over MKL's addmm
 (2 layers 133k to 147k, 4 layers 22.4k to 24.5k). Everywhere else (CUDA,
-half precision, CPU autocast, torch.compile, builds without oneDNN, torch.func transforms) it is addmm.
+half precision, CPU autocast, torch.compile, forward-mode AD, torch.func transforms, builds without
+oneDNN) it is addmm.
 Both compute the same function; tests/blocks/test_linear_ops.py holds them to float32
 rounding, forward and backward, and `fused_kernels(False)` switches the oneDNN path off.
 """
@@ -19,6 +20,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch.autograd import forward_ad
 from jaxtyping import Float
 from torch import Tensor
 
@@ -67,6 +69,7 @@ def _use_onednn(x: Tensor, weight: Tensor) -> bool:
         and not torch._C._functorch.is_functorch_wrapped_tensor(x)
         and not torch.is_autocast_enabled("cpu")  # oneDNN's op would ignore autocast's lower precision
         and not torch.compiler.is_compiling()  # inductor cannot lower the op as we call it, and fuses on its own
+        and forward_ad._current_level < 0  # the op would drop forward-mode tangents without a word
         and onednn_available()
     )
 

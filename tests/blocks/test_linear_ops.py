@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.autograd import forward_ad
 
 from blocks import linear_ops
 from blocks.linear_ops import affine, fused_kernels, onednn_available
@@ -91,6 +92,21 @@ def test_probing_for_onednn_leaves_the_random_stream_alone(monkeypatch: pytest.M
     after_probe = torch.rand(3)
     torch.manual_seed(3)
     torch.testing.assert_close(after_probe, torch.rand(3))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # torch's forward_ad, on first use
+@pytest.mark.parametrize("grad", [False, True])
+def test_forward_mode_tangents_survive(grad: bool) -> None:
+    x, w, b = inputs()
+    tangent = torch.linspace(-1, 1, x.numel()).view_as(x)
+    w.requires_grad_(grad)
+    with torch.set_grad_enabled(grad), forward_ad.dual_level():
+        out = affine(forward_ad.make_dual(x, tangent), w, b, act="gelu")
+        got = forward_ad.unpack_dual(out).tangent
+    pre = x @ w.detach() + b
+    want = torch.ops.aten.gelu_backward(tangent @ w.detach(), pre)  # GELU's slope at pre, times the moved input
+    assert got is not None
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_fused_kernels_switch_is_scoped_to_the_block() -> None:
