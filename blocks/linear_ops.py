@@ -66,7 +66,7 @@ def _use_onednn(x: Tensor, weight: Tensor) -> bool:
         # a slice of a weight (W_in[:, :64]) sends oneDNN to its reference kernel: 1,000x slower
         and weight.is_contiguous()
         and not x.is_sparse
-        and not torch._C._functorch.is_functorch_wrapped_tensor(x)
+        and not torch._C._are_functorch_transforms_active()  # vmap, grad, jvp: wrapped tensors the op cannot take
         and not torch.is_autocast_enabled("cpu")  # oneDNN's op would ignore autocast's lower precision
         and not torch.compiler.is_compiling()  # inductor cannot lower the op as we call it, and fuses on its own
         and forward_ad._current_level < 0  # the op would drop forward-mode tangents without a word

@@ -166,3 +166,12 @@ def test_torch_compile_of_the_model_runs_and_agrees() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert float(done.stdout.strip().splitlines()[-1]) < 1e-5
+
+
+def test_vmap_over_weights_matches_a_loop() -> None:
+    x, w, b = inputs()
+    weights = torch.stack([w, 2 * w, -w])
+    with torch.no_grad():
+        got = torch.func.vmap(lambda weight: affine(x, weight, b, act="gelu"))(weights)
+        want = torch.stack([F.gelu(x @ weight + b) for weight in weights])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
