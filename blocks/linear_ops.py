@@ -1,13 +1,13 @@
 """`act(x @ W + b)` for the transformer's hot path, through the fastest kernel this torch build has.
 
-On x86-64 CPUs in float32, oneDNN's linear primitive (the kernel torch.compile's CPU backend emits)
-adds the bias and applies ReLU or GELU inside the matmul: on both models of
+On x86-64 CPUs in float32, oneDNN's linear primitive (the kernel torch.compile's CPU backend
+emits) adds the bias and applies ReLU or GELU inside the matmul: on both models of
 benchmarks/bench_transformer.py it raised forward tokens/s by about 10% over MKL's addmm
-(2 layers 133k to 147k, 4 layers 22.4k to 24.5k). Everywhere else (CUDA,
-half precision, CPU autocast, torch.compile, forward-mode AD, torch.func transforms, builds without
-oneDNN) it is addmm.
-Both compute the same function; tests/blocks/test_linear_ops.py holds them to float32
-rounding, forward and backward, and `fused_kernels(False)` switches the oneDNN path off.
+(2 layers 133k to 147k, 4 layers 22.4k to 24.5k). Everywhere else it is addmm: CUDA, other
+dtypes, CPU autocast, torch.compile, forward-mode AD, torch.func transforms, sliced weights,
+builds without oneDNN. Both compute the same function; tests/blocks/test_linear_ops.py holds
+them together (forward, gradients, second gradients, tangents), and `fused_kernels(False)`
+switches the oneDNN path off.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch.autograd import forward_ad
 from jaxtyping import Float
 from torch import Tensor
+from torch.autograd import forward_ad
 
 Activation = Literal["relu", "gelu"]
 
