@@ -1,6 +1,7 @@
 """blocks.runtime: freed activation-sized blocks are reused, not faulted in again."""
 
 import resource
+import threading
 import sys
 
 import pytest
@@ -25,3 +26,17 @@ def test_a_freed_block_comes_back_without_page_faults(megabytes: int):
     # 16 MB is 4096 pages of 4 KB: unmapped on free, every fill would fault each page again
     # (the best of three, so that another thread's allocation in between cannot decide it)
     assert min(faults_for_one_fill() for _ in range(3)) < 400 * megabytes // 16
+
+
+def test_blocks_larger_than_a_thread_heap_still_allocate_in_threads():
+    # with mmap off, glibc's per-thread heaps (64 MB at most) must fall back to mmap for larger blocks
+    keep_freed_memory()
+    sums = []
+
+    def allocate() -> None:
+        sums.append(float(torch.ones(64 * 2**20).sum()))  # 256 MB
+
+    worker = threading.Thread(target=allocate)
+    worker.start()
+    worker.join()
+    assert sums == [64 * 2**20]
