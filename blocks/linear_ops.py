@@ -96,12 +96,13 @@ class _OneDNNAffine(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[no-untyped-def]
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        if torch.is_grad_enabled():  # create_graph=True: differentiable ops, so a second backward works
-            grad_x = grad @ weight.t() if need_x else None
-            grad_w = x.t() @ grad if need_w else None
-        else:
-            grad_x = torch.ops.mkldnn._linear_pointwise(grad, weight, None, "none", [], "") if need_x else None
-            grad_w = x.t() @ grad if need_w else None
+        grad_x = None
+        if need_x and torch.is_grad_enabled():  # create_graph=True: a differentiable op, so a second backward works
+            grad_x = grad @ weight.t()
+        elif need_x:
+            grad_x = torch.ops.mkldnn._linear_pointwise(grad, weight, None, "none", [], "")
+        # MKL's matmul ran this shape as fast as any oneDNN layout we tried
+        grad_w = x.t() @ grad if need_w else None
         return grad_x, grad_w, grad.sum(0) if need_b else None
 
 
