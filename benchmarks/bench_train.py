@@ -66,8 +66,8 @@ def time_to_induction(python: str) -> dict[str, float | int | None]:
 def throughput(rounds: int = 12, steps: int = 3) -> dict[str, object]:
     """Runs inside one python: ours, then TL if importable, interleaved; tokens/s medians.
 
-    The ratio is the median over rounds of (ours / TL) within each round, so that a slow
-    spell on the machine, which hits both models of a round alike, does not move it.
+    The ratio is the median over rounds of (ours / TL) within each round: pairing keeps the
+    machine's drift between rounds out of it (a drift that slows one model more still shows).
     """
     sys.path.insert(0, str(REPO))
     import torch

@@ -25,6 +25,8 @@ from torch import Tensor
 from torch.autograd import forward_ad
 
 Activation = Literal["relu", "gelu"]
+# torch's fused kernels compute exactly scratchnn's ReLU and (erf) GELU (tests/scratchnn checks them)
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
 _ENABLED: ContextVar[bool] = ContextVar("blocks_fused_kernels", default=True)
 _AVAILABLE: bool | None = None  # probed on first use
@@ -117,13 +119,11 @@ def affine(
     if _use_onednn(x, weight):
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
             out = _OneDNNAffine.apply(flat, weight, bias)
-            out = out if act is None else _ACTS[act](out)  # the activation's backward needs its input kept
+            out = out if act is None else ACTIVATIONS[act](out)  # the activation's backward needs its input kept
         else:
             out = _onednn(flat, weight, bias, act)
     else:
         out = torch.addmm(bias, flat, weight)  # the bias added by the matmul, not in a second pass
-        out = out if act is None else _ACTS[act](out)
+        out = out if act is None else ACTIVATIONS[act](out)
     return out.view(*x.shape[:-1], weight.shape[-1])
 
-
-_ACTS = {"relu": F.relu, "gelu": F.gelu}

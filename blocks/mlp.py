@@ -1,12 +1,11 @@
 """The MLP of a transformer block, with a hook on every neuron."""
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
 from blocks.config import TransformerConfig
-from blocks.linear_ops import affine
+from blocks.linear_ops import ACTIVATIONS, affine
 from scratchnn import HookPoint
 
 
@@ -20,9 +19,7 @@ class MLP(nn.Module):
         self.b_in = nn.Parameter(torch.empty(cfg.d_mlp))
         self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model))
         self.b_out = nn.Parameter(torch.empty(cfg.d_model))
-        # torch's fused kernels compute exactly scratchnn's ReLU and (erf) GELU, which tests/scratchnn
-        # checks against them, in one pass over [batch, pos, d_mlp] instead of five.
-        self.act = F.relu if cfg.act_fn == "relu" else F.gelu
+        self.act = ACTIVATIONS[cfg.act_fn]  # one pass over [batch, pos, d_mlp] instead of scratchnn's five
         self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
         self.hook_post = HookPoint()  # [batch, pos, d_mlp]
         self.reset_parameters()

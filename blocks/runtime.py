@@ -19,17 +19,16 @@ import ctypes.util
 import sys
 
 _M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
-_MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling on 64-bit systems
 
 
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to reuse freed large blocks instead of unmapping them. True if it applied.
 
-    It stops malloc serving blocks from fresh mmaps (M_MMAP_MAX 0, and the mmap threshold at
-    its 32 MB maximum as well) and from trimming the heap. Memory the process has used stays reserved for it until it exits, which is the trade: a notebook that
-    once held a 2 GB cache keeps that much mapped. A no-op (False) off Linux/glibc.
+    It stops malloc serving blocks from fresh mmaps (M_MMAP_MAX 0, so no threshold applies)
+    and from trimming the heap. Memory the process has used stays reserved for it until it
+    exits, which is the trade: a notebook that once held a 2 GB cache keeps that much mapped.
+    A no-op (False) off Linux/glibc.
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -41,8 +40,4 @@ def keep_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # musl and other libcs have no mallopt
         return False
-    return (
-        bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX))
-        and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-        and bool(mallopt(_M_MMAP_MAX, 0))
-    )
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))

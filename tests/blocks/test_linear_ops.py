@@ -139,7 +139,7 @@ def test_model_logits_and_training_gradients_are_the_same_on_both_paths(act_fn: 
         torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
 
 
-def test_mlp_fuses_its_activation_only_when_nobody_reads_the_pre_activation() -> None:
+def test_mlp_neurons_agree_whether_or_not_the_pre_activation_is_read() -> None:
     model = make_model(act_fn="gelu")
     tokens = tokens_for(model)
     with torch.no_grad():

@@ -1,8 +1,8 @@
 """blocks.runtime: freed activation-sized blocks are reused, not faulted in again."""
 
 import resource
-import threading
 import sys
+import threading
 
 import pytest
 import torch
@@ -11,7 +11,8 @@ from blocks.runtime import keep_freed_memory
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
-@pytest.mark.parametrize("megabytes", [16, 64])  # a [64, 4, 128, 128] pattern; past glibc's 32 MB mmap ceiling
+# 16 MB: one [64, 4, 128, 128] pattern; 64 MB: past the 32 MB ceiling of glibc's mmap threshold
+@pytest.mark.parametrize("megabytes", [16, 64])
 def test_a_freed_block_comes_back_without_page_faults(megabytes: int):
     assert keep_freed_memory() is True
 
