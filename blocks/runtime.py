@@ -7,9 +7,10 @@ CPU that was 0.6 to 1.2 million faults for 40 cached forwards, and a full `run_w
 1.35x the plain forward instead of 1.15x. Keeping freed memory in the process removes that.
 
 glibc's mmap threshold cannot rise above 32 MB, and a 4-layer d_model 256 model's MLP
-activations at batch 64 x 128 are exactly 32 MB, so they were still mapped afresh on every
-call: 20,738 page faults per plain forward and 23.8k tokens/s, against 256 faults and 25.7k
-tokens/s once malloc is told never to mmap (its heap still falls back to mmap if it cannot grow).
+activations at batch 64 x 128 are exactly 32 MB, so with the threshold alone they were still
+mapped afresh on every call: 11,265 page faults and 22.3k tokens/s a plain forward, against 0
+and 25.1k once malloc is told never to mmap (`python benchmarks/profile_model.py --malloc
+threshold` and `--malloc keep`). Its heap still falls back to mmap when it cannot grow.
 """
 
 from __future__ import annotations

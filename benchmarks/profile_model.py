@@ -1,0 +1,153 @@
+"""Where the time of one forward (or training step) goes: the numbers behind README's explanations.
+
+    python benchmarks/profile_model.py                       # 4 layers, d_model 256: a plain forward
+    python benchmarks/profile_model.py --train --layers 2 --d-model 128 --heads 4
+    python benchmarks/profile_model.py --malloc threshold    # the allocator setting before M_MMAP_MAX 0
+
+Batch 64 x 128 positions, d_vocab 512, GELU, LayerNorm, float32 CPU. Prints tokens/s (median
+of 8), minor page faults per call, the float32 matmul peak (2048^3, MKL and oneDNN), the
+time of the model's attention kernel against the explicit path at its shape, and a
+torch.profiler table: ms per call of each op and shape, with GFLOP/s for the matmuls.
+`--malloc`: `keep` is blocks.runtime.keep_freed_memory(); `threshold` only raises glibc's
+mmap threshold to its 32 MB ceiling and stops trimming (our setting before M_MMAP_MAX 0);
+`glibc` leaves malloc alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import math
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from blocks import Transformer, TransformerConfig  # noqa: E402
+from blocks.runtime import keep_freed_memory  # noqa: E402
+
+BATCH, N_CTX, D_VOCAB = 64, 128, 512
+
+
+def median_s(fn: Callable[[], object], repeats: int = 8) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def set_malloc(mode: str) -> None:
+    if mode == "keep":
+        keep_freed_memory()
+    elif mode == "threshold":
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+        mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD at glibc's 64-bit ceiling
+        mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD
+
+
+def matmul_flops(name: str, shapes: list) -> float:
+    """FLOPs of one call from its input shapes ([M, K] x [N, K] for oneDNN's linear, [M, K] x [K, N] for mm)."""
+    if name == "mkldnn::_linear_pointwise":
+        (m, k), (n, _) = shapes[0], shapes[1]
+        return 2 * m * k * n
+    if name == "aten::mm":
+        (m, k), (_, n) = shapes[0], shapes[1]
+        return 2 * m * k * n
+    if name == "aten::addmm":
+        (m, k), (_, n) = shapes[1], shapes[2]
+        return 2 * m * k * n
+    return 0.0
+
+
+def attention_times(cfg: TransformerConfig) -> tuple[float, float]:
+    """Seconds of SDPA and of the explicit path (baddbmm, softmax, bmm) at the model's attention shape."""
+    b, n, h, e = BATCH, N_CTX, cfg.n_heads, cfg.d_head
+    q, k, v = torch.randn(b, n, 3, h, e).unbind(2)
+    mask = torch.zeros(n, n).masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
+
+    def sdpa() -> torch.Tensor:
+        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+
+    def explicit() -> torch.Tensor:
+        scores = torch.baddbmm(mask, q.transpose(1, 2).reshape(b * h, n, e), k.permute(0, 2, 3, 1).reshape(b * h, e, n),
+                               alpha=1 / math.sqrt(e))
+        return torch.bmm(scores.softmax(-1), v.transpose(1, 2).reshape(b * h, n, e))
+
+    with torch.no_grad():
+        return median_s(sdpa, 20), median_s(explicit, 20)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--d-model", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--train", action="store_true", help="profile an AdamW training step instead of a forward")
+    parser.add_argument("--malloc", choices=["keep", "threshold", "glibc"], default="keep")
+    parser.add_argument("--rows", type=int, default=14, help="ops to list")
+    args = parser.parse_args()
+    set_malloc(args.malloc)
+    torch.manual_seed(0)
+    cfg = TransformerConfig(n_layers=args.layers, d_model=args.d_model, n_heads=args.heads, d_mlp=4 * args.d_model,
+                            d_vocab=D_VOCAB, n_ctx=N_CTX, act_fn="gelu", normalization="LN")
+    model = Transformer(cfg)
+    tokens = torch.randint(0, D_VOCAB, (BATCH, N_CTX))
+    if args.train:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+        def call() -> None:
+            logits = model(tokens)
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    else:
+        model.eval()
+
+        def call() -> None:
+            with torch.no_grad():
+                model(tokens)
+
+    seconds = median_s(call)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(4):
+        call()
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    peak_mkl = 2 * 2048**3 / median_s(lambda: a @ b, 5) / 1e9
+    peak_dnn = 2 * 2048**3 / median_s(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""), 5) / 1e9
+    sdpa_s, explicit_s = attention_times(cfg)
+    what = "training step" if args.train else "plain forward"
+    print(f"{args.layers}L d{args.d_model} {args.heads}h, {what}, malloc {args.malloc}, {torch.get_num_threads()} threads")
+    print(f"{BATCH * N_CTX / seconds:,.0f} tokens/s, {seconds * 1e3:.1f} ms a call, {faults:,.0f} page faults a call")
+    print(f"matmul peak 2048^3: MKL {peak_mkl:.0f} GFLOP/s, oneDNN {peak_dnn:.0f} GFLOP/s")
+    print(f"attention at this shape: SDPA {sdpa_s * 1e3:.1f} ms, explicit {explicit_s * 1e3:.1f} ms "
+          f"({explicit_s / sdpa_s:.2f}x SDPA) a layer")
+
+    n = 5
+    with torch.profiler.profile(record_shapes=True) as prof:
+        for _ in range(n):
+            call()
+    events = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events) / n / 1e3
+    print(f"\nprofiled: {total:.1f} ms a call (self CPU time, all ops)")
+    print("| op | input shapes | ms (its calls in one model call) | calls | GFLOP/s |\n|---|---|---|---|---|")
+    for e in events[: args.rows]:
+        ms = e.self_cpu_time_total / n / 1e3
+        flops = matmul_flops(e.key, e.input_shapes) * e.count / n
+        rate = f"{flops / ms / 1e6:.0f}" if flops else ""
+        print(f"| {e.key} | {str(e.input_shapes)[:70]} | {ms:.1f} | {e.count / n:.0f} | {rate} |")
+
+
+if __name__ == "__main__":
+    main()
