@@ -19,10 +19,7 @@ import argparse
 import ctypes
 import math
 import resource
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,18 +29,9 @@ import torch.nn.functional as F  # noqa: E402
 
 from blocks import Transformer, TransformerConfig  # noqa: E402
 from blocks.runtime import keep_freed_memory  # noqa: E402
+from bench_probes import median_time  # noqa: E402  (this folder is on sys.path when run as a script)
 
 BATCH, N_CTX, D_VOCAB = 64, 128, 512
-
-
-def median_s(fn: Callable[[], object], repeats: int = 8) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def set_malloc(mode: str) -> None:
@@ -84,7 +72,7 @@ def attention_times(cfg: TransformerConfig) -> tuple[float, float]:
         return torch.bmm(scores.softmax(-1), v.transpose(1, 2).reshape(b * h, n, e))
 
     with torch.no_grad():
-        return median_s(sdpa, 20), median_s(explicit, 20)
+        return median_time(sdpa, 20), median_time(explicit, 20)
 
 
 def main() -> None:
@@ -118,14 +106,14 @@ def main() -> None:
             with torch.no_grad():
                 model(tokens)
 
-    seconds = median_s(call)
+    seconds = median_time(call, 8)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(4):
         call()
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    peak_mkl = 2 * 2048**3 / median_s(lambda: a @ b, 5) / 1e9
-    peak_dnn = 2 * 2048**3 / median_s(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""), 5) / 1e9
+    peak_mkl = 2 * 2048**3 / median_time(lambda: a @ b, 5) / 1e9
+    peak_dnn = 2 * 2048**3 / median_time(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""), 5) / 1e9
     sdpa_s, explicit_s = attention_times(cfg)
     what = "training step" if args.train else "plain forward"
     print(f"{args.layers}L d{args.d_model} {args.heads}h, {what}, malloc {args.malloc}, {torch.get_num_threads()} threads")
