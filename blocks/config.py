@@ -16,8 +16,8 @@ Positional = Literal["learned", "shortformer"]
 class TransformerConfig:
     """Sizes and options of a decoder-only transformer. Derived defaults are filled in at creation.
 
-    `d_head` defaults to d_model // n_heads, `d_mlp` to 4 * d_model, `init_range` to
-    0.8 / sqrt(d_model) (TransformerLens's default).
+    `d_head` defaults to d_model // n_heads, `d_mlp` to 4 * d_model (None for attention-only
+    models, which have no MLP), `init_range` to 0.8 / sqrt(d_model) (TransformerLens's default).
     """
 
     n_layers: int = 2
@@ -45,11 +45,18 @@ class TransformerConfig:
                     "pick sizes that divide or set d_head explicitly"
                 )
             object.__setattr__(self, "d_head", self.d_model // self.n_heads)
-        if self.d_mlp is None:
+        if not isinstance(self.attn_only, bool):
+            raise ValueError(f"TransformerConfig.attn_only must be True or False, got {self.attn_only!r}")
+        if self.attn_only and self.d_mlp is not None:
+            raise ValueError(
+                f"d_mlp={self.d_mlp!r} contradicts attn_only=True: an attention-only model has no MLP. "
+                "Leave d_mlp unset, or set attn_only=False to build blocks with an MLP"
+            )
+        if self.d_mlp is None and not self.attn_only:
             object.__setattr__(self, "d_mlp", 4 * self.d_model)
         if self.init_range is None:
             object.__setattr__(self, "init_range", 0.8 / math.sqrt(self.d_model))
-        for name in ("d_head", "d_mlp"):
+        for name in ("d_head",) if self.attn_only else ("d_head", "d_mlp"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"TransformerConfig.{name} must be a positive int, got {value!r}")
@@ -58,8 +65,6 @@ class TransformerConfig:
         _check_choice("act_fn", self.act_fn, get_args(ActFn))
         _check_choice("normalization", self.normalization, ("LN", None))
         _check_choice("positional", self.positional, get_args(Positional))
-        if not isinstance(self.attn_only, bool):
-            raise ValueError(f"TransformerConfig.attn_only must be True or False, got {self.attn_only!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -73,6 +78,10 @@ class TransformerConfig:
             raise ValueError(
                 f"unknown TransformerConfig field(s) {unknown}; valid fields are {sorted(fields)}"
             )
+        if data.get("attn_only") is True and data.get("d_mlp") == 4 * data.get("d_model", cls.d_model):
+            # run configs written before attention-only models had d_mlp None stored the derived
+            # 4 * d_model there; read them as the same model
+            data = {**data, "d_mlp": None}
         return cls(**data)
 
 

@@ -31,7 +31,8 @@ from blocks.saving import read_json
 from blocks.trainer import RESUME_MAY_CHANGE, Trainer, TrainingDiverged, TrainResult
 
 MODEL_KEYS = [f.name for f in dataclasses.fields(TransformerConfig)]
-_DERIVED = {"d_model": ("d_head", "d_mlp", "init_range"), "n_heads": ("d_head",)}
+# a given key drops these from the task's defaults, so they are derived again from what was given
+_DERIVED = {"d_model": ("d_head", "d_mlp", "init_range"), "n_heads": ("d_head",), "attn_only": ("d_mlp",)}
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

@@ -41,7 +41,7 @@ def make_run(path: Path, attn_only: bool, seed: int = 0) -> Path:
     """An induction run at `path` with checkpoints at STEPS, metrics lines with eval numbers and head scores."""
     task = InductionTask(**TASK_OPTIONS)
     cfg = TransformerConfig(n_layers=2, d_model=16, n_heads=2, d_vocab=task.tokenizer.d_vocab, n_ctx=24,
-                            d_mlp=32, attn_only=attn_only)
+                            d_mlp=None if attn_only else 32, attn_only=attn_only)
     n = TASK_OPTIONS["eval_n"]
     return write_run(path, "induction", TASK_OPTIONS, cfg, seed, (repeated_tokens(n, 8, 1, 11, BOS, seed=1), n))
 

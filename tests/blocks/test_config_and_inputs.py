@@ -47,6 +47,18 @@ def test_wrong_types_and_unknown_choices_name_the_field(fields: dict) -> None:
         TransformerConfig(**fields)
 
 
+def test_attention_only_models_have_no_d_mlp() -> None:
+    cfg = TransformerConfig(d_model=32, attn_only=True)
+    assert cfg.d_mlp is None and TransformerConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match=r"d_mlp=64 contradicts attn_only=True: an attention-only model has no MLP"):
+        TransformerConfig(d_model=32, attn_only=True, d_mlp=64)
+    # configs saved before this rule carried the derived 4 * d_model: they load as the same model
+    legacy = {**cfg.to_dict(), "d_mlp": 128}
+    assert TransformerConfig.from_dict(legacy) == cfg
+    with pytest.raises(ValueError, match="contradicts attn_only"):
+        TransformerConfig.from_dict({**legacy, "d_mlp": 100})
+
+
 def test_unknown_config_keys_are_named() -> None:
     with pytest.raises(ValueError, match=r"unknown TransformerConfig field\(s\) \['n_layer'\]"):
         TransformerConfig.from_dict({"n_layer": 2})

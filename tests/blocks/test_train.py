@@ -204,6 +204,15 @@ def test_cli_bad_input_lists_what_is_valid(tmp_path, capsys):
         "lr": 0.003, "attn_only": True, "source": "a.txt"}
 
 
+def test_attn_only_given_on_the_command_line_rederives_d_mlp():
+    # the induction task's default model is attention-only; modular addition's has an MLP of 512
+    assert build("induction", {"attn_only": False})[1].d_mlp == 4 * build("induction", {})[1].d_model
+    assert build("modular_addition", {})[1].d_mlp == 512
+    assert build("modular_addition", {"attn_only": True})[1].d_mlp is None
+    with pytest.raises(ValueError, match="contradicts attn_only"):
+        build("modular_addition", {"attn_only": True, "d_mlp": 64})
+
+
 def test_cli_trains_from_a_config_file_and_resumes(tmp_path, capsys):
     options = {**TINY, "steps": 3}
     (tmp_path / "cfg.json").write_text(json.dumps(options))

@@ -8,7 +8,7 @@ from blocks import Transformer, TransformerConfig
 
 def random_model(**overrides) -> Transformer:
     torch.manual_seed(0)
-    cfg = dict(n_layers=2, d_model=32, n_heads=4, d_vocab=12, n_ctx=16, d_mlp=48)
+    cfg = dict(n_layers=2, d_model=32, n_heads=4, d_vocab=12, n_ctx=16, d_mlp=None if overrides.get("attn_only") else 48)
     cfg.update(overrides)
     return Transformer(TransformerConfig(**cfg)).eval()
 
