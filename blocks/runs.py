@@ -1,4 +1,4 @@
-"""Run directories: read back what `python -m blocks.train` wrote (config, checkpoints, metrics).
+"""Run directories: set one up for `python -m blocks.train`, and read back what it wrote.
 
 Layout of `runs/NAME/`:
 `config.json` = {"model": TransformerConfig dict, "task": {"name", "options"}, "train": {...},
@@ -9,21 +9,28 @@ beside it, see blocks.checkpoints); `metrics.jsonl` (one JSON object per line, e
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from blocks.checkpoints import checkpoint_files, checkpoint_steps
+from blocks.checkpoints import CHECKPOINTS, checkpoint_files, checkpoint_steps
 from blocks.config import TransformerConfig
-from blocks.saving import check_state_dict, load_tensors, read_json
+from blocks.saving import atomic_write_bytes, check_state_dict, load_tensors, read_json
 from blocks.tasks import get_task
 from blocks.tasks.base import Task, Tokenizer
+from blocks.train_config import TrainConfig
 from blocks.transformer import Transformer
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+
+# Trainer settings that change neither the weights so far nor what a step does: a resumed run may
+# change them. `steps` moves the end of the run (and so the lr schedule from here on): a finished run
+# can be extended by resuming with a larger --steps.
+RESUME_MAY_CHANGE = ("device", "steps", "eval_every", "log_every", "n_checkpoints")
 
 
 @dataclass
@@ -52,6 +59,61 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{file} lacks the section(s) {sorted(missing)}; a run config has model, task, train, tokenizer")
     return config
+
+
+def run_config(task: Task, model_cfg: TransformerConfig, train_cfg: TrainConfig) -> dict[str, Any]:
+    """The config.json of a run, checking that its parts agree with each other."""
+    if model_cfg.d_vocab != task.tokenizer.d_vocab:
+        raise ValueError(f"d_vocab={model_cfg.d_vocab} but task {task.name!r} has {task.tokenizer.d_vocab} tokens; leave d_vocab unset")
+    if model_cfg.n_ctx < task.seq_len:
+        raise ValueError(f"n_ctx={model_cfg.n_ctx} is shorter than task {task.name!r}'s sequences ({task.seq_len}); use n_ctx >= {task.seq_len}")
+    return {
+        "model": model_cfg.to_dict(),
+        "task": {"name": task.name, "options": task.options()},
+        "train": train_cfg.to_dict(),
+        "tokenizer": task.tokenizer.to_dict(),
+    }
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    out = []
+    for section in ("model", "task", "tokenizer", "train"):
+        a, b = dict(old.get(section, {})), dict(new.get(section, {}))
+        if section == "train":
+            for key in RESUME_MAY_CHANGE:
+                a.pop(key, None), b.pop(key, None)
+        if section == "tokenizer":
+            if a != b:
+                out.append(f"tokenizer: the run's has {len(a.get('vocab', []))} tokens, this one {len(b.get('vocab', []))}")
+            continue
+        if section == "task":  # compare the task's options one by one, so the message names the option
+            a = {"name": a.get("name"), **a.get("options", {})}
+            b = {"name": b.get("name"), **b.get("options", {})}
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                out.append(f"{section}.{key}: run has {a.get(key)!r}, now {b.get(key)!r}")
+    return out
+
+
+def prepare_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool) -> None:
+    """Refuse an --out holding another run (unless overwrite); on resume, refuse a config that differs."""
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: continue the run, or start it over")
+    has_run = (out / CONFIG).is_file()
+    if resume:
+        if not has_run:
+            raise FileNotFoundError(f"nothing to resume: {out} holds no run (no {CONFIG})")
+        diffs = _differences(read_config(out), config)
+        if diffs:
+            raise ValueError(f"cannot resume {out} with a different config: " + "; ".join(diffs))
+        return
+    if has_run or (out / CHECKPOINTS).exists() or (out / METRICS).exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+        (out / METRICS).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / CONFIG, json.dumps(config, indent=2).encode())
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -26,9 +26,9 @@ from blocks.runtime import keep_freed_memory
 from blocks.tasks import TASKS, get_task, task_options
 from blocks.tasks.base import Task
 from blocks.train_config import TrainConfig
-from blocks.runs import CONFIG, read_config
+from blocks.runs import CONFIG, RESUME_MAY_CHANGE, read_config
 from blocks.saving import read_json
-from blocks.trainer import RESUME_MAY_CHANGE, Trainer, TrainingDiverged, TrainResult
+from blocks.trainer import Trainer, TrainingDiverged, TrainResult
 
 MODEL_KEYS = [f.name for f in dataclasses.fields(TransformerConfig)]
 # a given key drops these from the task's defaults, so they are derived again from what was given

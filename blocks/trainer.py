@@ -8,7 +8,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,9 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm import tqdm
 
-from blocks.checkpoints import CHECKPOINTS, checkpoint_files, checkpoint_steps, load_training_state, restore_rng, save_checkpoint
+from blocks.checkpoints import checkpoint_files, checkpoint_steps, load_training_state, restore_rng, save_checkpoint
 from blocks.config import TransformerConfig
-from blocks.runs import CONFIG, METRICS, read_config, read_metrics
+from blocks.runs import CONFIG, METRICS, prepare_out, read_config, read_metrics, run_config
 from blocks.saving import atomic_write_bytes, check_state_dict
 from blocks.scores import head_scores, score_batch
 from blocks.tasks.base import Task
@@ -29,12 +28,6 @@ from blocks.tasks.common import dataset_tensors, target_nll
 from blocks.train_config import TrainConfig
 from blocks.transformer import Transformer
 from scratchnn.devices import pick_device
-
-# Trainer settings that change neither the weights so far nor what a step does: a resumed run may
-# change them. `steps` moves the end of the run (and so the lr schedule from here on): a finished run
-# can be extended by resuming with a larger --steps.
-RESUME_MAY_CHANGE = ("device", "steps", "eval_every", "log_every", "n_checkpoints")
-
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the run stopped and its last good checkpoint is kept."""
@@ -66,61 +59,6 @@ def checkpoint_schedule(cfg: TrainConfig) -> set[int]:
     n = cfg.n_checkpoints
     steps = {round(cfg.steps ** (i / max(1, n - 1))) for i in range(n)}
     return steps | {0, cfg.steps}
-
-
-def run_config(task: Task, model_cfg: TransformerConfig, train_cfg: TrainConfig) -> dict[str, Any]:
-    """The config.json of a run, checking that its parts agree with each other."""
-    if model_cfg.d_vocab != task.tokenizer.d_vocab:
-        raise ValueError(f"d_vocab={model_cfg.d_vocab} but task {task.name!r} has {task.tokenizer.d_vocab} tokens; leave d_vocab unset")
-    if model_cfg.n_ctx < task.seq_len:
-        raise ValueError(f"n_ctx={model_cfg.n_ctx} is shorter than task {task.name!r}'s sequences ({task.seq_len}); use n_ctx >= {task.seq_len}")
-    return {
-        "model": model_cfg.to_dict(),
-        "task": {"name": task.name, "options": task.options()},
-        "train": train_cfg.to_dict(),
-        "tokenizer": task.tokenizer.to_dict(),
-    }
-
-
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    out = []
-    for section in ("model", "task", "tokenizer", "train"):
-        a, b = dict(old.get(section, {})), dict(new.get(section, {}))
-        if section == "train":
-            for key in RESUME_MAY_CHANGE:
-                a.pop(key, None), b.pop(key, None)
-        if section == "tokenizer":
-            if a != b:
-                out.append(f"tokenizer: the run's has {len(a.get('vocab', []))} tokens, this one {len(b.get('vocab', []))}")
-            continue
-        if section == "task":  # compare the task's options one by one, so the message names the option
-            a = {"name": a.get("name"), **a.get("options", {})}
-            b = {"name": b.get("name"), **b.get("options", {})}
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                out.append(f"{section}.{key}: run has {a.get(key)!r}, now {b.get(key)!r}")
-    return out
-
-
-def prepare_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool) -> None:
-    """Refuse an --out holding another run (unless overwrite); on resume, refuse a config that differs."""
-    if resume and overwrite:
-        raise ValueError("--resume and --overwrite contradict each other: continue the run, or start it over")
-    has_run = (out / CONFIG).is_file()
-    if resume:
-        if not has_run:
-            raise FileNotFoundError(f"nothing to resume: {out} holds no run (no {CONFIG})")
-        diffs = _differences(read_config(out), config)
-        if diffs:
-            raise ValueError(f"cannot resume {out} with a different config: " + "; ".join(diffs))
-        return
-    if has_run or (out / CHECKPOINTS).exists() or (out / METRICS).exists():
-        if not overwrite:
-            raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
-        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-        (out / METRICS).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / CONFIG, json.dumps(config, indent=2).encode())
 
 
 class Trainer:

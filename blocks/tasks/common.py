@@ -7,7 +7,6 @@ from collections.abc import Callable
 import datasets
 import numpy as np
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
