@@ -3,6 +3,7 @@
     python benchmarks/profile_model.py                       # 4 layers, d_model 256: a plain forward
     python benchmarks/profile_model.py --train --layers 2 --d-model 128 --heads 4
     python benchmarks/profile_model.py --malloc threshold    # the allocator setting before M_MMAP_MAX 0
+    python benchmarks/profile_model.py --grad-w --layers 2 --d-model 128 --heads 4
 
 Batch 64 x 128 positions, d_vocab 512, GELU, LayerNorm, float32 CPU. Prints tokens/s (median
 of 8), minor page faults per call, the float32 matmul peak (2048^3, MKL and oneDNN), the
@@ -10,7 +11,9 @@ time of the model's attention kernel against the explicit path at its shape, and
 torch.profiler table: ms per call of each op and shape, with GFLOP/s for the matmuls.
 `--malloc`: `keep` is blocks.runtime.keep_freed_memory(); `threshold` only raises glibc's
 mmap threshold to its 32 MB ceiling and stops trimming (our setting before M_MMAP_MAX 0);
-`glibc` leaves malloc alone.
+`glibc` leaves malloc alone. `--grad-w` instead times the weight gradients of the model's
+linear maps as one matmul (x.T @ grad) and as blocks.linear_ops computes them (split over two
+threads where that was faster), and training steps with each, in paired rounds.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import argparse
 import ctypes
 import math
 import resource
+import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -27,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from blocks import Transformer, TransformerConfig  # noqa: E402
+from blocks import Transformer, TransformerConfig, linear_ops  # noqa: E402
 from blocks.runtime import keep_freed_memory  # noqa: E402
 from bench_probes import median_time  # noqa: E402  (this folder is on sys.path when run as a script)
 
@@ -75,6 +80,48 @@ def attention_times(cfg: TransformerConfig) -> tuple[float, float]:
         return median_time(sdpa, 20), median_time(explicit, 20)
 
 
+def grad_w_report(model: Transformer, tokens: torch.Tensor) -> None:
+    """Weight-gradient matmuls, one matmul against linear_ops._weight_grad; then training steps with each."""
+    cfg, rows = model.cfg, tokens.numel()
+    shapes = {"W_QKV": (cfg.d_model, 3 * cfg.n_heads * cfg.d_head), "W_O": (cfg.n_heads * cfg.d_head, cfg.d_model),
+              "W_in": (cfg.d_model, cfg.d_mlp), "W_out": (cfg.d_mlp, cfg.d_model), "W_U": (cfg.d_model, cfg.d_vocab)}
+    split = linear_ops._weight_grad
+    print(f"weight gradients at {rows} rows, {torch.get_num_threads()} threads (median of 20):")
+    print("| weight | d_in x d_out | x.T @ grad ms | linear_ops ms | ratio |\n|---|---|---|---|---|")
+    for name, (d_in, d_out) in shapes.items():
+        x, g = torch.randn(rows, d_in), torch.randn(rows, d_out)
+        plain_s, ours_s = median_time(lambda: x.t() @ g, 20), median_time(lambda: split(x, g), 20)
+        print(f"| {name} | {d_in} x {d_out} | {plain_s * 1e3:.2f} | {ours_s * 1e3:.2f} | {ours_s / plain_s:.3f} |")
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def steps(weight_grad) -> float:  # type: ignore[no-untyped-def]
+        linear_ops._weight_grad = weight_grad
+        start = time.perf_counter()
+        for _ in range(3):
+            logits = model(tokens)
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return time.perf_counter() - start
+
+    def plain(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return x.t() @ g
+
+    try:
+        steps(plain), steps(split)
+        ratios = []
+        for i in range(16):  # alternate which goes first, so neither always runs on a warmer machine
+            a, b = (steps(plain), steps(split)) if i % 2 == 0 else reversed((steps(split), steps(plain)))
+            ratios.append(b / a)
+    finally:
+        linear_ops._weight_grad = split
+    ratios.sort()
+    print(f"training step time, linear_ops over one matmul: median {statistics.median(ratios):.3f} "
+          f"(range {ratios[0]:.3f} to {ratios[-1]:.3f}, 16 paired rounds of 3 steps)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layers", type=int, default=4)
@@ -83,6 +130,7 @@ def main() -> None:
     parser.add_argument("--train", action="store_true", help="profile an AdamW training step instead of a forward")
     parser.add_argument("--malloc", choices=["keep", "threshold", "glibc"], default="keep")
     parser.add_argument("--rows", type=int, default=14, help="ops to list")
+    parser.add_argument("--grad-w", action="store_true", help="time weight gradients: one matmul against linear_ops")
     args = parser.parse_args()
     set_malloc(args.malloc)
     torch.manual_seed(0)
@@ -90,6 +138,9 @@ def main() -> None:
                             d_vocab=D_VOCAB, n_ctx=N_CTX, act_fn="gelu", normalization="LN")
     model = Transformer(cfg)
     tokens = torch.randint(0, D_VOCAB, (BATCH, N_CTX))
+    if args.grad_w:
+        grad_w_report(model, tokens)
+        return
     if args.train:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 

@@ -85,6 +85,38 @@ def test_second_derivatives_flow_through_the_fused_path() -> None:
     torch.testing.assert_close(results[0], results[1], atol=1e-4, rtol=1e-4)
 
 
+@pytest.fixture
+def two_threads():
+    """The weight gradient is split over threads only on 2 of them (tests otherwise run on 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@needs_onednn
+@pytest.mark.parametrize("rows, d_in, d_out", [(4096, 16, 40), (4097, 16, 40), (4096, 40, 16), (100, 16, 40)])
+def test_weight_gradient_split_over_threads_is_x_transpose_grad(two_threads, rows: int, d_in: int, d_out: int) -> None:
+    # even and odd row counts take the split; a tall weight and a short batch take one matmul
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, d_in, generator=g, requires_grad=True)
+    w = torch.randn(d_in, d_out, generator=g, requires_grad=True)
+    b = torch.randn(d_out, generator=g, requires_grad=True)
+    upstream = torch.randn(rows, d_out, generator=g)
+    (affine(x, w, b) * upstream).sum().backward()
+    want = x.detach().double().t() @ upstream.double()
+    torch.testing.assert_close(w.grad.double(), want, atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(b.grad, upstream.sum(0), atol=1e-3, rtol=1e-5)
+    # under create_graph the split is differentiable: d/dx of |grad_w|^2 matches the plain path
+    second = []
+    for enabled in (True, False):
+        with fused_kernels(enabled):
+            (grad_w,) = torch.autograd.grad((affine(x, w, b) * upstream).sum(), w, create_graph=True)
+            (grad_x,) = torch.autograd.grad(grad_w.pow(2).sum(), x)
+        second.append(grad_x)
+    torch.testing.assert_close(second[0], second[1], atol=1e-2, rtol=1e-4)
+
+
 def test_probing_for_onednn_leaves_the_random_stream_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(linear_ops, "_AVAILABLE", None)
     torch.manual_seed(3)
