@@ -8,7 +8,8 @@
 Batch 64 x 128 positions, d_vocab 512, GELU, LayerNorm, float32 CPU. Prints tokens/s (median
 of 8), minor page faults per call, the float32 matmul peak (2048^3, MKL and oneDNN), the
 time of the model's attention kernel against the explicit path at its shape, and a
-torch.profiler table: ms per call of each op and shape, with GFLOP/s for the matmuls.
+torch.profiler table: ms per call of each op and shape, with GFLOP/s for the matmuls and the
+fastest and slowest single call (the profiler inflates memory-bound ops unevenly).
 `--malloc`: `keep` is blocks.runtime.keep_freed_memory(); `threshold` only raises glibc's
 mmap threshold to its 32 MB ceiling and stops trimming (our setting before M_MMAP_MAX 0);
 `glibc` leaves malloc alone. `--grad-w` instead times the weight gradients of the model's
@@ -49,7 +50,7 @@ def set_malloc(mode: str) -> None:
 
 
 def matmul_flops(name: str, shapes: list) -> float:
-    """FLOPs of one call from its input shapes ([M, K] x [N, K] for oneDNN's linear, [M, K] x [K, N] for mm)."""
+    """FLOPs of one call from its input shapes ([M, K] x [N, K] for oneDNN's linear, [M, K] x [K, N] for mm, bmm per batch)."""
     if name == "mkldnn::_linear_pointwise":
         (m, k), (n, _) = shapes[0], shapes[1]
         return 2 * m * k * n
@@ -59,6 +60,9 @@ def matmul_flops(name: str, shapes: list) -> float:
     if name == "aten::addmm":
         (m, k), (_, n) = shapes[1], shapes[2]
         return 2 * m * k * n
+    if name == "aten::bmm":  # the weight gradients split over threads (blocks.linear_ops._weight_grad)
+        (b, m, k), (_, _, n) = shapes[0], shapes[1]
+        return 2 * b * m * k * n
     return 0.0
 
 
@@ -81,17 +85,26 @@ def attention_times(cfg: TransformerConfig) -> tuple[float, float]:
 
 
 def grad_w_report(model: Transformer, tokens: torch.Tensor) -> None:
-    """Weight-gradient matmuls, one matmul against linear_ops._weight_grad; then training steps with each."""
-    cfg, rows = model.cfg, tokens.numel()
+    """Weight-gradient matmuls: one matmul, always split over two halves of the rows, and
+    linear_ops._weight_grad (which splits where that was faster); then training steps with each."""
+    cfg = model.cfg
     shapes = {"W_QKV": (cfg.d_model, 3 * cfg.n_heads * cfg.d_head), "W_O": (cfg.n_heads * cfg.d_head, cfg.d_model),
               "W_in": (cfg.d_model, cfg.d_mlp), "W_out": (cfg.d_mlp, cfg.d_model), "W_U": (cfg.d_model, cfg.d_vocab)}
     split = linear_ops._weight_grad
-    print(f"weight gradients at {rows} rows, {torch.get_num_threads()} threads (median of 20):")
-    print("| weight | d_in x d_out | x.T @ grad ms | linear_ops ms | ratio |\n|---|---|---|---|---|")
-    for name, (d_in, d_out) in shapes.items():
-        x, g = torch.randn(rows, d_in), torch.randn(rows, d_out)
-        plain_s, ours_s = median_time(lambda: x.t() @ g, 20), median_time(lambda: split(x, g), 20)
-        print(f"| {name} | {d_in} x {d_out} | {plain_s * 1e3:.2f} | {ours_s * 1e3:.2f} | {ours_s / plain_s:.3f} |")
+
+    def halves(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        h = x.shape[0] // 2
+        return torch.bmm(x.view(2, h, -1).transpose(1, 2), g.view(2, h, -1)).sum(0)
+
+    print(f"weight gradients, {torch.get_num_threads()} threads, median of 20 (ratios against one matmul):")
+    print("| weight | d_in x d_out | rows | x.T @ grad ms | halves | linear_ops |\n|---|---|---|---|---|---|")
+    for rows in (512, 2048, tokens.numel()):
+        for name, (d_in, d_out) in shapes.items():
+            x, g = torch.randn(rows, d_in), torch.randn(rows, d_out)
+            plain_s = median_time(lambda: x.t() @ g, 20)
+            halves_s, ours_s = median_time(lambda: halves(x, g), 20), median_time(lambda: split(x, g), 20)
+            print(f"| {name} | {d_in} x {d_out} | {rows} | {plain_s * 1e3:.2f} | {halves_s / plain_s:.3f} | "
+                  f"{ours_s / plain_s:.3f} |")
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
@@ -179,13 +192,19 @@ def main() -> None:
             call()
     events = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
     total = sum(e.self_cpu_time_total for e in events) / n / 1e3
+    each: dict[tuple[str, str], list[float]] = {}  # every single call's self time, to show how much one op swings
+    for event in prof.events():
+        each.setdefault((event.name, str(event.input_shapes)), []).append(event.self_cpu_time_total / 1e3)
     print(f"\nprofiled: {total:.1f} ms a call (self CPU time, all ops)")
-    print("| op | input shapes | ms (its calls in one model call) | calls | GFLOP/s |\n|---|---|---|---|---|")
+    print("| op | input shapes | ms (its calls in one model call) | calls | GFLOP/s | one call, min-max ms |")
+    print("|---|---|---|---|---|---|")
     for e in events[: args.rows]:
         ms = e.self_cpu_time_total / n / 1e3
         flops = matmul_flops(e.key, e.input_shapes) * e.count / n
         rate = f"{flops / ms / 1e6:.0f}" if flops else ""
-        print(f"| {e.key} | {str(e.input_shapes)[:70]} | {ms:.1f} | {e.count / n:.0f} | {rate} |")
+        calls = each.get((e.key, str(e.input_shapes)), [0.0])
+        print(f"| {e.key} | {str(e.input_shapes)[:70]} | {ms:.1f} | {e.count / n:.0f} | {rate} | "
+              f"{min(calls):.1f}-{max(calls):.1f} |")
 
 
 if __name__ == "__main__":
