@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 
 # pytest-xdist runs two workers on CI's two cores; with torch's default of one thread per core
@@ -13,3 +14,11 @@ torch.set_num_threads(1)
 from blocks.runtime import keep_freed_memory  # noqa: E402
 
 keep_freed_memory()  # as every entry point does: no page faults on each big activation
+
+
+@pytest.fixture
+def torch_threads():
+    """`torch_threads(n)` runs the rest of a test on n intra-op threads; the suite's 1 comes back after."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)

@@ -85,18 +85,10 @@ def test_second_derivatives_flow_through_the_fused_path() -> None:
     torch.testing.assert_close(results[0], results[1], atol=1e-4, rtol=1e-4)
 
 
-@pytest.fixture
-def two_threads():
-    """The weight gradient is split over threads only on 2 of them (tests otherwise run on 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 @needs_onednn
 @pytest.mark.parametrize("rows, d_in, d_out", [(4096, 16, 40), (4097, 16, 40), (4096, 40, 16), (100, 16, 40)])
-def test_weight_gradient_split_over_threads_is_x_transpose_grad(two_threads, rows: int, d_in: int, d_out: int) -> None:
+def test_weight_gradient_split_over_threads_is_x_transpose_grad(torch_threads, rows: int, d_in: int, d_out: int) -> None:
+    torch_threads(2)  # the weight gradient is split only on 2 threads
     # even and odd row counts take the split; a tall weight and a short batch take one matmul
     g = torch.Generator().manual_seed(0)
     x = torch.randn(rows, d_in, generator=g, requires_grad=True)

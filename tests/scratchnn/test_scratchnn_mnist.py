@@ -42,17 +42,7 @@ def test_idx_folder_becomes_a_datasets_dataset_and_one_float_tensor(splits, tens
     assert abs(train.images.mean().item()) < 0.01 and abs(train.images.std().item() - 1) < 0.01
 
 
-@pytest.fixture
-def one_thread():
-    # pytest -n 2 already fills both cores; two OpenMP threads per worker then spin against
-    # each other and a 1 s run takes 40.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_short_training_run_beats_90_percent(tensors, one_thread) -> None:
+def test_short_training_run_beats_90_percent(tensors) -> None:  # on one thread, as tests/conftest.py sets
     train, test = tensors
     small_train, small_test = train.subset(6000, seed=0), test.subset(2000, seed=1)
     torch.manual_seed(0)
