@@ -58,6 +58,9 @@ def read_config(path: str | Path) -> dict[str, Any]:
     missing = {"model", "task", "train", "tokenizer"} - set(config)
     if missing:
         raise ValueError(f"{file} lacks the section(s) {sorted(missing)}; a run config has model, task, train, tokenizer")
+    # the model section in today's form, so that comparing it (on resume) compares models, not spellings:
+    # attention-only runs written before d_mlp became None for them stored the derived 4 * d_model
+    config["model"] = TransformerConfig.from_dict(config["model"]).to_dict()
     return config
 
 

@@ -158,6 +158,20 @@ def test_cli_resume_takes_options_from_the_run_and_refuses_only_given_difference
     assert json.loads((out / "config.json").read_text())["train"]["steps"] == 6
 
 
+def test_an_attention_only_run_saved_with_the_derived_d_mlp_still_resumes(tmp_path, capsys):
+    out, options = tmp_path / "run", tmp_path / "cfg.json"
+    options.write_text(json.dumps({**TINY, "steps": 4, "eval_every": 100, "n_checkpoints": 2}))
+    assert main(["--task", "induction", "--out", str(out), "--no-progress", "--config", str(options)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["attn_only"] and config["model"]["d_mlp"] is None
+    config["model"]["d_mlp"] = 4 * config["model"]["d_model"]  # how runs were saved before d_mlp became None
+    (out / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["--out", str(out), "--resume", "--steps", "6", "--no-progress"]) == 0
+    assert "done: 6 steps" in capsys.readouterr().err
+    assert load_run(out).model.cfg.d_mlp is None
+
+
 def test_cli_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     options = {**TINY, "steps": 6, "eval_every": 100, "lr": 1e30, "warmup_steps": 0}  # the first update blows up
     args = [f"--{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in options.items()]
