@@ -53,7 +53,7 @@ def check_out(out: str | Path) -> Path:
 
 def load(args: argparse.Namespace, tasks: Sequence[str] | None = None) -> Run:
     """Load `args.run` at `args.step`; raise WrongTaskError unless its task is one of `tasks`."""
-    run = load_run(args.run, step=args.step, device=pick_device(args.device))
+    run = load_run(args.run, step=args.step, device=args.device)
     name = run.config["task"]["name"]
     if tasks is not None and name not in tasks:
         raise WrongTaskError(f"{args.run} is a {name!r} run; this probe needs a run of task {' or '.join(map(repr, tasks))}")
@@ -108,7 +108,7 @@ def main(
         # notebooks), and a global switch would leak into whatever runs next
         with torch.no_grad():
             # the cheap checks first, so a typo does not wait for the run to load
-            pick_device(args.device)
+            args.device = pick_device(args.device)  # "auto" resolved once, for load() and the body alike
             check_out(args.out)
             run = load(args, tasks)
             body(args, run)

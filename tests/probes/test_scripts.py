@@ -53,12 +53,12 @@ def test_induction_names_heads_and_reports_ablations(runs, tmp_path, capsys):
 def test_patching_and_flow(runs, tmp_path, capsys):
     run = str(runs["induction"])
     patching.main(["--run", run, "--out", str(tmp_path), "--clean", "BOS 1 2 3 1 2", "--corrupted", "BOS 1 2 4 1 2",
-                   "--answer", "3", "--wrong", "4"])
+                   "--answer", "3", "--wrong", "4", "--device", "auto"])  # the bodies get the resolved device
     data = _json(tmp_path / "patching.json")
     assert len(data["results"]["resid_pre"]["values"]) == 2  # layers
     assert len(data["results"]["heads_by_pos"]["values"][0][0]) == 6  # positions
     assert (tmp_path / "patching_heads_by_pos.html").exists()
-    flow.main(["--run", run, "--out", str(tmp_path), "--prompt", "BOS 1 2 3 1 2", "--tau", "0.02"])
+    flow.main(["--run", run, "--out", str(tmp_path), "--prompt", "BOS 1 2 3 1 2", "--tau", "0.02", "--device", "auto"])
     data = _json(tmp_path / "flow.json")
     assert data["nodes"][0] == {"layer": 2, "pos": 5, "kind": "resid_pre"}
     assert (tmp_path / "flow.html").exists()
