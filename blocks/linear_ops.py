@@ -53,7 +53,7 @@ def onednn_available() -> bool:
             x = torch.linspace(-2, 2, 35).view(5, 7)
             w = torch.linspace(-1, 1, 21).view(7, 3)
             b = torch.tensor([0.1, -0.2, 0.3])
-            got = torch.ops.mkldnn._linear_pointwise(x, w.t(), b, "gelu", [], "none")
+            got = _onednn(x, w, b, "gelu")
             _AVAILABLE = bool(torch.allclose(got, F.gelu(torch.addmm(b, x, w)), atol=1e-5))
         except (AttributeError, RuntimeError, NotImplementedError):
             _AVAILABLE = False
@@ -102,7 +102,7 @@ class _OneDNNAffine(torch.autograd.Function):
         if need_x and torch.is_grad_enabled():  # create_graph=True: a differentiable op, so a second backward works
             grad_x = grad @ weight.t()
         elif need_x:
-            grad_x = torch.ops.mkldnn._linear_pointwise(grad, weight, None, "none", [], "")
+            grad_x = _onednn(grad, weight.t(), None, None)  # grad @ weight.T
         grad_w = _weight_grad(x, grad) if need_w else None
         return grad_x, grad_w, grad.sum(0) if need_b else None
 
@@ -135,14 +135,11 @@ def affine(
 ) -> Float[Tensor, "*batch d_out"]:
     """act(x @ weight + bias), the bias (and, without gradients, the activation) applied inside the matmul."""
     flat = x.reshape(-1, x.shape[-1])
-    if _use_onednn(x, weight):
-        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
-            out = _OneDNNAffine.apply(flat, weight, bias)
-            out = out if act is None else ACTIVATIONS[act](out)  # the activation's backward needs its input kept
-        else:
-            out = _onednn(flat, weight, bias, act)
-    else:
-        out = torch.addmm(bias, flat, weight)  # the bias added by the matmul, not in a second pass
+    onednn = _use_onednn(x, weight)
+    if onednn and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad)):
+        out = _onednn(flat, weight, bias, act)
+    else:  # the activation in its own pass: its backward needs its input kept
+        out = _OneDNNAffine.apply(flat, weight, bias) if onednn else torch.addmm(bias, flat, weight)
         out = out if act is None else ACTIVATIONS[act](out)
     return out.view(*x.shape[:-1], weight.shape[-1])
 

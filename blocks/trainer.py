@@ -29,6 +29,7 @@ from blocks.train_config import TrainConfig
 from blocks.transformer import Transformer
 from scratchnn.devices import pick_device
 
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the run stopped and its last good checkpoint is kept."""
 

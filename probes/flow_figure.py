@@ -35,10 +35,9 @@ def flow_figure(graph: FlowGraph, token_labels: Sequence[str] | None = None) -> 
     click (st.plotly_chart on_select) says which node or edge was chosen.
     """
     fig = go.Figure()
+    ends = [(_xy(graph.nodes[e.src], graph.attn_only), _xy(graph.nodes[e.dst], graph.attn_only)) for e in graph.edges]
     groups: dict[tuple[str, int], tuple[list, list]] = {}
-    for e in graph.edges:
-        x0, y0 = _xy(graph.nodes[e.src], graph.attn_only)
-        x1, y1 = _xy(graph.nodes[e.dst], graph.attn_only)
+    for e, ((x0, y0), (x1, y1)) in zip(graph.edges, ends):
         width_bin = min(int(e.importance * 10), 9)  # ten line widths: one trace per (kind, width)
         xs, ys = groups.setdefault((e.kind, width_bin), ([], []))
         xs += [x0, x1, None]
@@ -49,10 +48,9 @@ def flow_figure(graph: FlowGraph, token_labels: Sequence[str] | None = None) -> 
                        opacity=0.35 + 0.065 * width_bin, hoverinfo="skip", showlegend=False, name=f"{kind} edges")
         )
     if graph.edges:  # a marker at each edge's midpoint: lines report no selection, markers do
-        mids = [(_xy(graph.nodes[e.src], graph.attn_only), _xy(graph.nodes[e.dst], graph.attn_only)) for e in graph.edges]
         fig.add_trace(
             go.Scatter(
-                x=[(a[0] + b[0]) / 2 for a, b in mids], y=[(a[1] + b[1]) / 2 for a, b in mids], mode="markers",
+                x=[(a[0] + b[0]) / 2 for a, b in ends], y=[(a[1] + b[1]) / 2 for a, b in ends], mode="markers",
                 name="edges", marker={"size": 6, "symbol": "diamond", "color": [EDGE_COLOURS[e.kind] for e in graph.edges],
                                       "opacity": 0.6},
                 customdata=[[i, graph.nodes[e.src].layer, graph.nodes[e.src].pos, "edge", e.kind, e.importance]

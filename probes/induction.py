@@ -59,8 +59,8 @@ def body(args: argparse.Namespace, run: Run) -> None:
     no_all = repeated_half_loss(run, tokens, n, ablate_all)
     no_prev = repeated_half_loss(run, tokens, n, [ablate_prev])
     ind_without = {}
-    for label, heads in (("best", [prev_head]), ("all", all_prev)):
-        with model.hooks(fwd=[head_ablation(model, prev_layer, heads).pair()]):
+    for label, ablation in (("best", head_ablation(model, prev_layer, [prev_head])), ("all", ablate_prev)):
+        with model.hooks(fwd=[ablation.pair()]):
             without = head_scores(model, tokens, n)["induction"]
         ind_without[label] = (float(without[ind_layer, ind_head]),
                               float(torch.stack([without[layer, h] for layer, h in all_ind]).mean()))

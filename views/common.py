@@ -181,8 +181,7 @@ def run_only() -> tuple[Run, tuple[str, int, float]] | None:
     except (ValueError, OSError) as err:
         st.error(f"Could not load step {step} of {run_path.name}: {err}")
         return None
-    # checkpoints load_run passed over as unusable (a Run field newer than some blocks versions)
-    for message in getattr(run, "skipped", []):
+    for message in run.skipped:  # newer checkpoints load_run passed over as unusable
         st.sidebar.warning(message)
     return run, (str(run_path), step, mtime)
 
