@@ -84,17 +84,22 @@ def attention_times(cfg: TransformerConfig) -> tuple[float, float]:
         return median_time(sdpa, 20), median_time(explicit, 20)
 
 
+def training_step(model: Transformer, opt: torch.optim.Optimizer, tokens: torch.Tensor) -> None:
+    """One AdamW step on next-token cross-entropy, as benchmarks/bench_train.py times it."""
+    logits = model(tokens)
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def grad_w_report(model: Transformer, tokens: torch.Tensor) -> None:
     """Weight-gradient matmuls: one matmul, always split over two halves of the rows, and
     linear_ops._weight_grad (which splits where that was faster); then training steps with each."""
     cfg = model.cfg
     shapes = {"W_QKV": (cfg.d_model, 3 * cfg.n_heads * cfg.d_head), "W_O": (cfg.n_heads * cfg.d_head, cfg.d_model),
               "W_in": (cfg.d_model, cfg.d_mlp), "W_out": (cfg.d_mlp, cfg.d_model), "W_U": (cfg.d_model, cfg.d_vocab)}
-    split = linear_ops._weight_grad
-
-    def halves(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        h = x.shape[0] // 2
-        return torch.bmm(x.view(2, h, -1).transpose(1, 2), g.view(2, h, -1)).sum(0)
+    split, halves = linear_ops._weight_grad, linear_ops._halves_weight_grad
 
     print(f"weight gradients, {torch.get_num_threads()} threads, median of 20 (ratios against one matmul):")
     print("| weight | d_in x d_out | rows | x.T @ grad ms | halves | linear_ops |\n|---|---|---|---|---|---|")
@@ -108,26 +113,22 @@ def grad_w_report(model: Transformer, tokens: torch.Tensor) -> None:
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
-    def steps(weight_grad) -> float:  # type: ignore[no-untyped-def]
-        linear_ops._weight_grad = weight_grad
-        start = time.perf_counter()
-        for _ in range(3):
-            logits = model(tokens)
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return time.perf_counter() - start
-
     def plain(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         return x.t() @ g
 
+    def three_steps(weight_grad) -> float:  # type: ignore[no-untyped-def]
+        linear_ops._weight_grad = weight_grad
+        start = time.perf_counter()
+        for _ in range(3):
+            training_step(model, opt, tokens)
+        return time.perf_counter() - start
+
     try:
-        steps(plain), steps(split)
+        three_steps(plain), three_steps(split)
         ratios = []
         for i in range(16):  # alternate which goes first, so neither always runs on a warmer machine
-            a, b = (steps(plain), steps(split)) if i % 2 == 0 else reversed((steps(split), steps(plain)))
-            ratios.append(b / a)
+            seconds = {fn: three_steps(fn) for fn in ((plain, split) if i % 2 == 0 else (split, plain))}
+            ratios.append(seconds[split] / seconds[plain])
     finally:
         linear_ops._weight_grad = split
     ratios.sort()
@@ -158,11 +159,7 @@ def main() -> None:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
         def call() -> None:
-            logits = model(tokens)
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            training_step(model, opt, tokens)
     else:
         model.eval()
 

@@ -120,6 +120,12 @@ def _weight_grad(x: Float[Tensor, "rows d_in"], grad: Float[Tensor, "rows d_out"
     rows, d_in = x.shape
     if torch.get_num_threads() != 2 or rows < 2048 or d_in > grad.shape[1]:  # where it was not faster, or not measured
         return x.t() @ grad
+    return _halves_weight_grad(x, grad)
+
+
+def _halves_weight_grad(x: Float[Tensor, "rows d_in"], grad: Float[Tensor, "rows d_out"]) -> Float[Tensor, "d_in d_out"]:
+    """x.T @ grad as one batched matmul over the two halves of the rows, then a sum (an odd last row added apart)."""
+    rows, d_in = x.shape
     half = rows // 2
     out = torch.bmm(x[: 2 * half].view(2, half, d_in).transpose(1, 2), grad[: 2 * half].view(2, half, -1)).sum(0)
     if rows % 2:

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from probes.probing import IGNORE, control_labels, fit_probe, random_model_like
+from probes.probing import control_labels, fit_probe, random_model_like
 
 
 def test_probing_leaves_the_global_random_stream_alone(mlp_model):
