@@ -4,10 +4,10 @@ import math
 
 import einops
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from blocks.attention_kernel import causal_attention
 from blocks.config import TransformerConfig
 from blocks.linear_ops import affine
 from scratchnn import HookPoint
@@ -17,7 +17,8 @@ class Attention(nn.Module):
     """Causal self-attention. Weights: W_Q/W_K/W_V [n_heads, d_model, d_head], W_O [n_heads, d_head, d_model].
 
     When nobody listens to `hook_attn_scores` or `hook_pattern`, the pattern is never
-    materialised and the heads run through scaled_dot_product_attention; `hook_result`
+    materialised and the heads run through blocks.attention_kernel (our CPU kernel, or torch's
+    scaled_dot_product_attention where it does not apply); `hook_result`
     (each head's write to the residual stream) is computed only when someone listens.
     """
 
@@ -78,9 +79,7 @@ class Attention(nn.Module):
         if self.hook_attn_scores.is_listened() or self.hook_pattern.is_listened():
             z = self._explicit(q, k, v)
         else:
-            z = F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
-            ).transpose(1, 2)
+            z = causal_attention(q, k, v)
         z = self.hook_z(z)
         if self.hook_result.is_listened():
             result = self.hook_result(

@@ -34,7 +34,8 @@ _AVAILABLE: bool | None = None  # probed on first use
 
 @contextmanager
 def fused_kernels(enabled: bool) -> Iterator[None]:
-    """Within this block (this thread only), use oneDNN's fused linear where it applies, or never."""
+    """Within this block (this thread only), use our CPU kernels (oneDNN's fused linear, our causal
+    attention) where they apply, or never: torch's addmm and scaled_dot_product_attention."""
     token = _ENABLED.set(enabled)
     try:
         yield
@@ -60,18 +61,26 @@ def onednn_available() -> bool:
     return _AVAILABLE
 
 
-def _use_onednn(x: Tensor, weight: Tensor) -> bool:
+def plain_cpu_float32(*tensors: Tensor) -> bool:
+    """True where one of our CPU kernels may stand in for torch's: switched on, float32 CPU tensors, and
+    nothing that the kernel, called directly, would bypass (autocast, torch.compile, forward-mode AD,
+    vmap and grad transforms)."""
     return (
         _ENABLED.get()
-        and x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
+        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+        and not torch._C._are_functorch_transforms_active()  # vmap, grad, jvp: wrapped tensors the op cannot take
+        and not torch.is_autocast_enabled("cpu")  # the kernel would ignore autocast's lower precision
+        and not torch.compiler.is_compiling()  # inductor cannot lower the op as we call it, and fuses on its own
+        and forward_ad._current_level < 0  # the kernel would drop forward-mode tangents without a word
+    )
+
+
+def _use_onednn(x: Tensor, weight: Tensor) -> bool:
+    return (
+        plain_cpu_float32(x, weight)
         # a slice of a weight (W_in[:, :64]) sends oneDNN to its reference kernel: 1,000x slower
         and weight.is_contiguous()
         and not x.is_sparse
-        and not torch._C._are_functorch_transforms_active()  # vmap, grad, jvp: wrapped tensors the op cannot take
-        and not torch.is_autocast_enabled("cpu")  # oneDNN's op would ignore autocast's lower precision
-        and not torch.compiler.is_compiling()  # inductor cannot lower the op as we call it, and fuses on its own
-        and forward_ad._current_level < 0  # the op would drop forward-mode tangents without a word
         and onednn_available()
     )
 

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+import blocks.attention
+
 from blocks import Transformer, TransformerConfig
 from transformer_helpers import BATCH, POS, make_model, tokens_for
 
@@ -12,6 +14,7 @@ CONFIGS = {
     "no_norm": dict(normalization=None),
     "gelu": dict(act_fn="gelu"),
     "shortformer": dict(positional="shortformer", act_fn="gelu"),
+    "d_head_16": dict(d_model=32, n_heads=2, d_head=16),  # where blocks.attention_kernel's own kernel runs
 }
 
 
@@ -108,16 +111,12 @@ def test_fused_and_explicit_attention_agree_everywhere(config: str) -> None:
 def test_explicit_path_is_taken_only_when_someone_listens(monkeypatch: pytest.MonkeyPatch) -> None:
     model = make_model()
     calls = []
-    monkeypatch.setattr(
-        torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or _sdpa(*a, **k)
-    )
+    fused = blocks.attention.causal_attention
+    monkeypatch.setattr(blocks.attention, "causal_attention", lambda *a: calls.append(1) or fused(*a))
     model(tokens_for(model))
     assert len(calls) == model.cfg.n_layers
     model.run_with_cache(tokens_for(model), names="blocks.1.attn.hook_pattern")
     assert len(calls) == model.cfg.n_layers + 1  # layer 0 fused, layer 1 explicit
-
-
-_sdpa = torch.nn.functional.scaled_dot_product_attention
 
 
 def test_generate_appends_tokens_and_is_greedy_at_zero_temperature() -> None:
@@ -130,3 +129,17 @@ def test_generate_appends_tokens_and_is_greedy_at_zero_temperature() -> None:
     sampled = model.generate(prompt, 4, temperature=1.0, top_k=2, generator=torch.Generator().manual_seed(0))
     top2 = model(prompt)[:, -1].topk(2).indices
     assert (sampled[:, 3:4] == top2).any(-1).all()
+
+
+@pytest.mark.parametrize("config", ["ln_relu", "d_head_16"])
+def test_fused_and_explicit_attention_give_the_same_gradients(config: str) -> None:
+    model = make_model(**CONFIGS[config])
+    tokens = tokens_for(model)
+    grads = []
+    for listen in (False, True):  # listening to every pattern forces the explicit path
+        model.zero_grad()
+        with model.hooks(fwd=[(lambda n: n.endswith("hook_pattern"), lambda act, hook: None)] if listen else []):
+            model(tokens).logsumexp(-1).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][name], atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
