@@ -7,8 +7,9 @@
 
 Batch 64 x 128 positions, d_vocab 512, GELU, LayerNorm, float32 CPU. Prints tokens/s (median
 of 8), minor page faults per call, the float32 matmul peak (2048^3, MKL and oneDNN), the
-time of the model's attention kernel against the explicit path at its shape, and a
-torch.profiler table: ms per call of each op and shape, with GFLOP/s for the matmuls and the
+time a layer of attention's products at the model's shape through torch's ops and through ours
+(blocks.attention_kernel: fused forward and backward, the explicit path, head results), and a
+torch.profiler table (our kernels appear as blocks::<name>): ms per call of each op and shape, with GFLOP/s for the matmuls and the
 fastest and slowest single call (the profiler inflates memory-bound ops unevenly).
 `--malloc`: `keep` is blocks.runtime.keep_freed_memory(); `threshold` only raises glibc's
 mmap threshold to its 32 MB ceiling and stops trimming (our setting before M_MMAP_MAX 0);
@@ -21,11 +22,11 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import math
 import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from blocks import Transformer, TransformerConfig, linear_ops  # noqa: E402
+from blocks import Transformer, TransformerConfig, attention_kernel, linear_ops  # noqa: E402
 from blocks.runtime import keep_freed_memory  # noqa: E402
 from bench_probes import median_time  # noqa: E402  (this folder is on sys.path when run as a script)
 
@@ -66,22 +67,28 @@ def matmul_flops(name: str, shapes: list) -> float:
     return 0.0
 
 
-def attention_times(cfg: TransformerConfig) -> tuple[float, float]:
-    """Seconds of SDPA and of the explicit path (baddbmm, softmax, bmm) at the model's attention shape."""
+def attention_times(cfg: TransformerConfig) -> dict[str, tuple[float, float]]:
+    """Seconds a layer of attention's products at the model's shape: torch's ops, then ours (blocks.attention_kernel)."""
     b, n, h, e = BATCH, N_CTX, cfg.n_heads, cfg.d_head
-    q, k, v = torch.randn(b, n, 3, h, e).unbind(2)
-    mask = torch.zeros(n, n).masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
-
-    def sdpa() -> torch.Tensor:
-        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
-
-    def explicit() -> torch.Tensor:
-        scores = torch.baddbmm(mask, q.transpose(1, 2).reshape(b * h, n, e), k.permute(0, 2, 3, 1).reshape(b * h, e, n),
-                               alpha=1 / math.sqrt(e))
-        return torch.bmm(scores.softmax(-1), v.transpose(1, 2).reshape(b * h, n, e))
-
-    with torch.no_grad():
-        return median_time(sdpa, 20), median_time(explicit, 20)
+    qkv = torch.randn(b, n, 3, h, e, requires_grad=True)
+    q, k, v = qkv.detach().unbind(2)
+    grad, W_O = torch.randn(b, n, h, e), torch.randn(h, e, cfg.d_model)
+    bias = torch.zeros(n, n).masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
+    cases: dict[str, Callable[[], object]] = {
+        "fused forward": lambda: attention_kernel.causal_attention(q, k, v),
+        "fused forward+backward": lambda: attention_kernel.causal_attention(*qkv.unbind(2)).backward(grad),
+        "explicit forward (scores, softmax, pattern @ v)": lambda: attention_kernel.pattern_times_values(
+            attention_kernel.causal_scores(q, k, bias).softmax(-1), v
+        ),
+        "head results (hook_result)": lambda: attention_kernel.head_results(v, W_O),
+    }
+    times = {}
+    for name, fn in cases.items():
+        with torch.set_grad_enabled("backward" in name):
+            with linear_ops.fused_kernels(False):
+                theirs = median_time(fn, 20)
+            times[name] = (theirs, median_time(fn, 20))
+    return times
 
 
 def training_step(model: Transformer, opt: torch.optim.Optimizer, tokens: torch.Tensor) -> None:
@@ -175,13 +182,14 @@ def main() -> None:
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     peak_mkl = 2 * 2048**3 / median_time(lambda: a @ b, 5) / 1e9
     peak_dnn = 2 * 2048**3 / median_time(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""), 5) / 1e9
-    sdpa_s, explicit_s = attention_times(cfg)
+    attention = attention_times(cfg)
     what = "training step" if args.train else "plain forward"
     print(f"{args.layers}L d{args.d_model} {args.heads}h, {what}, malloc {args.malloc}, {torch.get_num_threads()} threads")
     print(f"{BATCH * N_CTX / seconds:,.0f} tokens/s, {seconds * 1e3:.1f} ms a call, {faults:,.0f} page faults a call")
     print(f"matmul peak 2048^3: MKL {peak_mkl:.0f} GFLOP/s, oneDNN {peak_dnn:.0f} GFLOP/s")
-    print(f"attention at this shape: SDPA {sdpa_s * 1e3:.1f} ms, explicit {explicit_s * 1e3:.1f} ms "
-          f"({explicit_s / sdpa_s:.2f}x SDPA) a layer")
+    print(f"attention a layer at this shape, torch's ops / ours (blocks.attention_kernel: {attention_kernel.kernel_status() or 'in use'}):")
+    for name, (theirs, ours) in attention.items():
+        print(f"  {name}: {theirs * 1e3:.1f} / {ours * 1e3:.1f} ms ({theirs / ours:.2f}x)")
 
     n = 5
     with torch.profiler.profile(record_shapes=True) as prof:

@@ -1,13 +1,11 @@
 """Causal multi-head attention with TransformerLens-layout weights and a fused path."""
 
-import math
-
 import einops
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from blocks.attention_kernel import causal_attention
+from blocks.attention_kernel import causal_attention, causal_scores, head_results, pattern_times_values
 from blocks.config import TransformerConfig
 from blocks.linear_ops import affine
 from scratchnn import HookPoint
@@ -82,9 +80,7 @@ class Attention(nn.Module):
             z = causal_attention(q, k, v)
         z = self.hook_z(z)
         if self.hook_result.is_listened():
-            result = self.hook_result(
-                einops.einsum(z, self.W_O, "batch pos n_heads d_head, n_heads d_head d_model -> batch pos n_heads d_model")
-            )
+            result = self.hook_result(head_results(z, self.W_O))
             return result.sum(-2) + self.b_O
         return affine(z.flatten(-2), self.W_O.flatten(0, 1), self.b_O)
 
@@ -94,14 +90,8 @@ class Attention(nn.Module):
         k: Float[Tensor, "batch pos n_heads d_head"],
         v: Float[Tensor, "batch pos n_heads d_head"],
     ) -> Float[Tensor, "batch pos n_heads d_head"]:
-        batch, n, h, e = q.shape
-        # The [batch, n_heads, query_pos, key_pos] tensors are the biggest of the pass, so scaling and
-        # the causal mask happen inside one batched matmul (baddbmm) that writes them in that layout:
-        # "batch query_pos n_heads d_head, batch key_pos n_heads d_head -> batch n_heads query_pos key_pos"
-        q_heads = q.transpose(1, 2).reshape(batch * h, n, e)
-        k_heads = k.permute(0, 2, 3, 1).reshape(batch * h, e, n)
-        scores = torch.baddbmm(self.causal_bias[:n, :n], q_heads, k_heads, alpha=1 / math.sqrt(e))
-        scores = self.hook_attn_scores(scores.view(batch, h, n, n))
+        # the [batch, n_heads, query_pos, key_pos] tensors are the biggest of the pass: masked and scaled as they are written
+        scores = causal_scores(q, k, self.causal_bias)
+        scores = self.hook_attn_scores(scores)
         pattern = self.hook_pattern(scores.softmax(-1))
-        # "batch n_heads query_pos key_pos, batch key_pos n_heads d_head -> batch query_pos n_heads d_head"
-        return torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2)
+        return pattern_times_values(pattern, v)

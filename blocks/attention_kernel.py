@@ -1,32 +1,30 @@
-"""Causal attention without the pattern: our own CPU kernel where it applies, torch's SDPA elsewhere.
+"""Attention's products through our own CPU kernels where they apply, through torch everywhere else.
 
-`causal_attention(q, k, v)` is the fused path of blocks.attention: softmax(q k^T / sqrt(d_head)
-+ causal mask) v, never materialising [batch, n_heads, query_pos, key_pos]. On x86-64 Linux, in
-float32 on the CPU with d_head a multiple of 16, it runs kernels/causal_attention.cpp (forward
-and backward), which this module compiles with the machine's C++ compiler on first use (about
-half a second) into a per-user cache and checks against torch before trusting it. Why a kernel
-of our own: at this sandbox's sizes torch's CPU flash attention is mostly call overhead
-(`python benchmarks/profile_model.py` times both at the benchmark's shape). Everywhere else (CUDA,
-other dtypes, no compiler, autocast, torch.compile, `linear_ops.fused_kernels(False)`) it is
-`torch.nn.functional.scaled_dot_product_attention`, and under forward-mode AD or vmap and grad
-transforms SDPA's math backend (its CPU flash kernel supports neither). `kernel_status()` says
-whether the kernel is in use here, and if not, why.
+- `causal_attention(q, k, v)`, the fused path of blocks.attention: softmax(q k^T / sqrt(d_head)
+  + causal mask) v without materialising [batch, n_heads, query_pos, key_pos]; forward and backward.
+- `causal_scores`, `pattern_times_values`, `head_results`: the explicit path's products, for when
+  hooks read or patch the scores, the pattern or each head's result (backwards are torch ops).
+
+The kernels (blocks/kernels/, built by blocks.kernel_library on first use) run on x86-64 Linux,
+in float32 on the CPU, for d_head (and d_model, for head results) a multiple of 16; on first use
+they are also checked against torch's SDPA, values and gradients. Why kernels of our own: at
+this sandbox's sizes torch's CPU flash attention is mostly the overhead of many tiny matmul calls
+and its batched matmuls with d_head 32 run far below peak (`python benchmarks/profile_model.py`
+times both at the benchmark's shape). Everywhere else (CUDA, other dtypes, no compiler, autocast,
+torch.compile, `linear_ops.fused_kernels(False)`) these are torch's own ops, the fused path
+`torch.nn.functional.scaled_dot_product_attention`; under forward-mode AD or vmap and grad
+transforms it is SDPA's math backend (its CPU flash kernel supports neither). `kernel_status()`
+says whether the kernels are in use here, and if not, why.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
-import os
-import platform
-import shutil
 import subprocess
-import sys
-import tempfile
 import threading
-from pathlib import Path
 
+import einops
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
@@ -34,10 +32,9 @@ from torch import Tensor
 from torch.autograd import forward_ad
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from blocks import kernel_library
 from blocks.linear_ops import plain_cpu_float32
 
-SOURCE = Path(__file__).with_name("kernels") / "causal_attention.cpp"
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 MAX_POS_WITH_GRAD = 2048  # backward keeps two [pos, pos] float tables per thread: 32 MB each at 2,048
 
 _lock = threading.Lock()
@@ -46,7 +43,7 @@ _status: str | None = "not built yet"
 
 
 def kernel_status() -> str | None:
-    """None when the kernel is built, loaded and agrees with torch here; otherwise why SDPA is used (builds on first call)."""
+    """None when the kernels are built, loaded and agree with torch here; otherwise why torch's ops are used (builds on first call)."""
     _load()
     return _status
 
@@ -67,15 +64,57 @@ def causal_attention(
     return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
 
 
-def _kernel_applies(q: Tensor, k: Tensor, v: Tensor) -> bool:
-    n_pos, d_head = q.shape[1], q.shape[3]
-    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+def causal_scores(
+    q: Float[Tensor, "batch pos n_heads d_head"],
+    k: Float[Tensor, "batch pos n_heads d_head"],
+    causal_bias: Float[Tensor, "n_ctx n_ctx"],
+) -> Float[Tensor, "batch n_heads pos pos"]:
+    """q . k / sqrt(d_head) at and below the diagonal, -inf above: the scores the explicit path shows, then softmaxes.
+
+    `causal_bias` (0 at and below the diagonal, -inf above, at least pos x pos) is what torch's
+    path adds inside its batched matmul; our kernel computes only the lower triangle."""
+    if _kernel_applies(q, k, max_pos_with_grad=None):  # its backward is torch ops: no [pos, pos] scratch
+        return _KernelScores.apply(q, k)
+    batch, n_pos, n_heads, d_head = q.shape
+    # "batch query_pos n_heads d_head, batch key_pos n_heads d_head -> batch n_heads query_pos key_pos"
+    q_heads = q.transpose(1, 2).reshape(batch * n_heads, n_pos, d_head)
+    k_heads = k.permute(0, 2, 3, 1).reshape(batch * n_heads, d_head, n_pos)
+    scores = torch.baddbmm(causal_bias[:n_pos, :n_pos], q_heads, k_heads, alpha=1 / math.sqrt(d_head))
+    return scores.view(batch, n_heads, n_pos, n_pos)
+
+
+def pattern_times_values(
+    pattern: Float[Tensor, "batch n_heads pos pos"], v: Float[Tensor, "batch pos n_heads d_head"]
+) -> Float[Tensor, "batch pos n_heads d_head"]:
+    """z: each position's values mixed by its row of the (possibly patched) pattern.
+
+    Our kernel skips the keys past the diagonal where the pattern is exactly 0 there, as
+    softmax leaves it; where 0 meets an inf or NaN value it thus gives a number where torch's
+    matmul gives NaN."""
+    if pattern.is_contiguous() and _kernel_applies(v, max_pos_with_grad=None) and plain_cpu_float32(pattern):
+        return _KernelPatternValues.apply(pattern, v)
+    # "batch n_heads query_pos key_pos, batch key_pos n_heads d_head -> batch query_pos n_heads d_head"
+    return torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2)
+
+
+def head_results(
+    z: Float[Tensor, "batch pos n_heads d_head"], W_O: Float[Tensor, "n_heads d_head d_model"]
+) -> Float[Tensor, "batch pos n_heads d_model"]:
+    """Each head's write to the residual stream, z[..., h, :] @ W_O[h], laid out as hook_result shows it."""
+    if W_O.shape[-1] % 16 == 0 and W_O.is_contiguous() and plain_cpu_float32(z, W_O) and _load() is not None:
+        return _KernelHeadResults.apply(z.contiguous(), W_O)
+    return einops.einsum(z, W_O, "batch pos n_heads d_head, n_heads d_head d_model -> batch pos n_heads d_model")
+
+
+def _kernel_applies(*tensors: Tensor, max_pos_with_grad: int | None = MAX_POS_WITH_GRAD) -> bool:
+    n_pos, d_head = tensors[0].shape[1], tensors[0].shape[3]
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     return (
         d_head % 16 == 0
         and n_pos > 0
-        and not (grad and n_pos > MAX_POS_WITH_GRAD)
-        and all(t.stride(-1) == 1 and not t.is_sparse for t in (q, k, v))
-        and plain_cpu_float32(q, k, v)
+        and not (grad and max_pos_with_grad is not None and n_pos > max_pos_with_grad)
+        and all(t.stride(-1) == 1 and not t.is_sparse for t in tensors)
+        and plain_cpu_float32(*tensors)
         and _load() is not None
     )
 
@@ -95,6 +134,67 @@ class _KernelAttention(torch.autograd.Function):
         return _backward(q, k, v, out, lse, grad_out)
 
 
+class _KernelScores(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor) -> Tensor:  # type: ignore[override]
+        batch, n_pos, n_heads, d_head = q.shape
+        scores = q.new_empty(batch, n_heads, n_pos, n_pos)
+        _run("causal_scores", _ptr(q), _ptr(k), _ptr(scores), _strides(q), _strides(k), batch, n_heads, n_pos, d_head, 1 / math.sqrt(d_head))
+        ctx.save_for_backward(q, k)
+        return scores
+
+    @staticmethod
+    def backward(ctx, grad_scores: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        q, k = ctx.saved_tensors
+        grad_scores = grad_scores.tril() / math.sqrt(q.shape[-1])  # above the diagonal the scores are a constant -inf
+        grad_q = torch.einsum("bhqk,bkhe->bqhe", grad_scores, k)
+        grad_k = torch.einsum("bhqk,bqhe->bkhe", grad_scores, q)
+        return grad_q, grad_k
+
+
+class _KernelPatternValues(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pattern: Tensor, v: Tensor) -> Tensor:  # type: ignore[override]
+        batch, n_pos, n_heads, d_head = v.shape
+        z = v.new_empty(batch, n_pos, n_heads, d_head)
+        _run("pattern_times_values", _ptr(pattern), _ptr(v), _ptr(z), _strides(v), _strides(z), batch, n_heads, n_pos, d_head)
+        ctx.save_for_backward(pattern, v)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad_z: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        pattern, v = ctx.saved_tensors
+        grad_pattern = torch.einsum("bqhe,bkhe->bhqk", grad_z, v)
+        grad_v = torch.einsum("bhqk,bqhe->bkhe", pattern, grad_z)
+        return grad_pattern, grad_v
+
+
+class _KernelHeadResults(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z: Tensor, W_O: Tensor) -> Tensor:  # type: ignore[override]
+        batch, n_pos, n_heads, d_head = z.shape
+        result = z.new_empty(batch, n_pos, n_heads, W_O.shape[-1])
+        _run("head_results", _ptr(z), _ptr(W_O), _ptr(result), batch * n_pos, n_heads, d_head, W_O.shape[-1])
+        ctx.save_for_backward(z, W_O)
+        return result
+
+    @staticmethod
+    def backward(ctx, grad_result: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        z, W_O = ctx.saved_tensors
+        grad_z = einops.einsum(grad_result, W_O, "batch pos n_heads d_model, n_heads d_head d_model -> batch pos n_heads d_head")
+        grad_W_O = einops.einsum(z, grad_result, "batch pos n_heads d_head, batch pos n_heads d_model -> n_heads d_head d_model")
+        return grad_z, grad_W_O
+
+
+def _run(kernel: str, *args: object) -> None:
+    """One call into the library, shown by torch.profiler as blocks::<kernel>."""
+    assert _lib is not None
+    with torch.profiler.record_function(f"blocks::{kernel}"):
+        failed = getattr(_lib, kernel)(*args)
+    if failed:
+        raise MemoryError(f"{kernel}: no memory for the kernel's per-thread scratch")
+
+
 def _strides(t: Tensor) -> ctypes.Array:
     return (ctypes.c_int64 * 3)(t.stride(0), t.stride(2), t.stride(1))  # batch, head, pos
 
@@ -110,13 +210,10 @@ def _forward(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
             raise ValueError(f"q has shape {tuple(q.shape)} but {name} has {tuple(t.shape)}; they must match")
     out = q.new_empty(batch, n_pos, n_heads, d_head)
     lse = q.new_empty(batch, n_heads, n_pos)
-    assert _lib is not None
-    failed = _lib.causal_attention_forward(
-        _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse), _strides(q), _strides(k), _strides(v), _strides(out),
-        batch, n_heads, n_pos, d_head, 1 / math.sqrt(d_head),
+    _run(
+        "causal_attention_forward", _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse),
+        _strides(q), _strides(k), _strides(v), _strides(out), batch, n_heads, n_pos, d_head, 1 / math.sqrt(d_head),
     )  # fmt: skip
-    if failed:
-        raise MemoryError("causal attention kernel: no memory for its per-thread scratch")
     return out, lse
 
 
@@ -125,14 +222,11 @@ def _backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, grad_ou
     grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
     grads = q.new_empty(3, batch, n_pos, n_heads, d_head)
     grad_q, grad_k, grad_v = grads.unbind(0)
-    assert _lib is not None
-    failed = _lib.causal_attention_backward(
-        _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(grad_out), _ptr(lse), _ptr(grad_q), _ptr(grad_k), _ptr(grad_v),
-        _strides(q), _strides(k), _strides(v), _strides(out), _strides(grad_out), _strides(grad_q),
-        batch, n_heads, n_pos, d_head, 1 / math.sqrt(d_head),
+    _run(
+        "causal_attention_backward", _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(grad_out), _ptr(lse),
+        _ptr(grad_q), _ptr(grad_k), _ptr(grad_v), _strides(q), _strides(k), _strides(v), _strides(out),
+        _strides(grad_out), _strides(grad_q), batch, n_heads, n_pos, d_head, 1 / math.sqrt(d_head),
     )  # fmt: skip
-    if failed:
-        raise MemoryError("causal attention kernel: no memory for its per-thread scratch")
     return grad_q, grad_k, grad_v
 
 
@@ -159,7 +253,7 @@ def _load() -> ctypes.CDLL | None:
             if _status == "not built yet":
                 status: str | None
                 try:
-                    _lib = _declare(ctypes.CDLL(str(_build())))
+                    _lib = kernel_library.load()
                     with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
                         status = _disagreement()
                 except (OSError, RuntimeError, subprocess.SubprocessError) as err:
@@ -168,48 +262,6 @@ def _load() -> ctypes.CDLL | None:
                     _lib = None
                 _status = status  # settled last: until then, other threads wait on the lock
     return _lib if _status is None else None
-
-
-def _build() -> Path:
-    """The compiled kernel for this source, compiler and CPU, from the cache or built now."""
-    if not (sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")):
-        raise RuntimeError(f"built and measured on x86-64 Linux only, not {sys.platform} {platform.machine()}")
-    compiler = os.environ.get("CXX", "g++")
-    if shutil.which(compiler) is None:
-        raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (set CXX to one)")
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu()]).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("BLOCKS_KERNEL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "blocks-kernels")
-    target = cache / f"causal_attention-{key}.so"
-    if target.is_file():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:  # built aside, then renamed: a reader never sees half a file
-        built = Path(tmp) / target.name
-        run = subprocess.run([compiler, *FLAGS, "-o", str(built), str(SOURCE)], capture_output=True, text=True, timeout=300)
-        if run.returncode != 0:
-            raise RuntimeError(f"{compiler} failed to build {SOURCE.name}: {run.stderr.strip()[-2000:]}")
-        os.replace(built, target)
-    return target
-
-
-def _cpu() -> str:
-    """What -march=native depends on: a cache built on one CPU is never loaded on another."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    wanted = [line for line in info.splitlines() if line.startswith(("model name", "flags"))]
-    return "\n".join(sorted(set(wanted)))
-
-
-def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
-    p, i64, strides, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64 * 3, ctypes.c_float
-    lib.causal_attention_forward.argtypes = [p] * 5 + [strides] * 4 + [i64] * 4 + [f32]
-    lib.causal_attention_forward.restype = ctypes.c_int
-    lib.causal_attention_backward.argtypes = [p] * 9 + [strides] * 6 + [i64] * 4 + [f32]
-    lib.causal_attention_backward.restype = ctypes.c_int
-    return lib
 
 
 def _disagreement() -> str | None:

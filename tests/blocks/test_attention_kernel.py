@@ -1,4 +1,5 @@
-"""Our causal attention kernel against the explicit softmax(q k^T / sqrt(d_head)) v: values, gradients, fallbacks, build."""
+"""Our attention kernels against torch: the fused softmax(q k^T / sqrt(d_head)) v and the explicit path's products,
+values, gradients, fallbacks, and the build."""
 
 import math
 import platform
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 import blocks.attention_kernel as ak
+from blocks import kernel_library
 from blocks.linear_ops import fused_kernels
 
 BUILDS_HERE = sys.platform.startswith("linux") and platform.machine() == "x86_64" and shutil.which("g++") is not None
@@ -136,8 +138,58 @@ def test_without_a_working_compiler_it_says_why_and_uses_sdpa(compiler: str, fre
 
 @pytest.mark.skipif(not BUILDS_HERE, reason="builds with g++ on x86-64 Linux only")
 def test_a_build_is_cached_per_source_and_reused(fresh_kernel_state) -> None:
-    first = ak._build()
+    first = kernel_library.build()
     assert first.parent == fresh_kernel_state and first.is_file()
     stamp = first.stat().st_mtime_ns
-    assert ak._build() == first and first.stat().st_mtime_ns == stamp  # found, not rebuilt
+    assert kernel_library.build() == first and first.stat().st_mtime_ns == stamp  # found, not rebuilt
     assert list(fresh_kernel_state.iterdir()) == [first]  # no half-built leftovers
+
+
+def masked_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    n = q.shape[1]
+    scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(q.shape[-1])
+    return scores.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", SHAPES)
+def test_explicit_path_kernels_match_torch(shape: tuple[int, int, int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scores, pattern times values and per-head results: values and gradients, against torch's ops in float64."""
+    batch, pos, heads, d_head = shape
+    qkv = packed_qkv(shape)
+    W_O = torch.randn(heads, d_head, 48, generator=torch.Generator().manual_seed(2))
+    bias = torch.zeros(pos + 3, pos + 3).masked_fill(~torch.ones(pos + 3, pos + 3, dtype=torch.bool).tril(), float("-inf"))
+
+    def run(qkv: torch.Tensor, W_O: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        qkv, W_O = qkv.clone().requires_grad_(), W_O.clone().requires_grad_()
+        q, k, v = qkv.unbind(2)
+        scores = ak.causal_scores(q, k, bias.to(qkv.dtype))
+        z = ak.pattern_times_values(scores.softmax(-1), v)
+        result = ak.head_results(z, W_O)
+        grads = torch.autograd.grad((result * result.detach().sin()).sum(), (qkv, W_O))
+        return scores, z, result, *grads
+
+    calls, original = [], ak._load
+    monkeypatch.setattr(ak, "_load", lambda: calls.append(1) or original())
+    kernel = run(qkv, W_O)
+    assert len(calls) == 3  # each of the three asked for the kernel library
+    reference = run(qkv.double(), W_O.double())  # float64: torch's ops throughout
+    assert torch.equal(kernel[0].isinf(), reference[0].isinf()) and kernel[0].isinf().sum() == batch * heads * pos * (pos - 1) // 2
+    for got, want in zip(kernel, reference):
+        scale = want.nan_to_num(posinf=0, neginf=0).abs().max().item()  # the scores' -inf must not widen the tolerance
+        torch.testing.assert_close(got, want.float(), atol=1e-5 * scale, rtol=1e-5)
+
+
+@needs_kernel
+def test_a_patched_pattern_is_multiplied_in_full() -> None:
+    """Weights above the diagonal (put there by a hook) count; 0 there is skipped; NaN there spreads as in torch."""
+    q, k, v = packed_qkv((2, 19, 2, 16)).unbind(2)
+    pattern = masked_scores(q, k).softmax(-1)
+    patched = pattern.clone()
+    patched[0, 1, 3, 17] = 0.5  # row 3 of head 1 looks at position 17
+    patched[1, 0, 18, :] = 1 / 19  # the last row: uniform, diagonal included
+    patched[1, 1, 0, 5] = float("nan")
+    got = ak.pattern_times_values(patched, v)
+    want = torch.matmul(patched, v.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5, equal_nan=True)
+    assert got[1, 0, 1].isnan().all() and not got[1, 1, 0].isnan().any()  # the NaN's row only

@@ -1,0 +1,83 @@
+"""Our C++ kernels (blocks/kernels/): compiled with this machine's compiler on first use, cached, loaded with ctypes.
+
+`load()` returns the library with every function's C signature declared. The build (g++ -O3
+-march=native -fopenmp, about half a second) lands in $BLOCKS_KERNEL_CACHE, else
+$XDG_CACHE_HOME/blocks-kernels, else ~/.cache/blocks-kernels, under a name keyed by the sources,
+flags, compiler version and CPU, so an edit, another compiler or another CPU builds anew. The
+library links to the libgomp torch has already loaded, so the kernels run on torch's threads
+(torch.set_num_threads applies). Raises RuntimeError (with the compiler's message), OSError or
+subprocess.SubprocessError when it cannot build or load; blocks.attention_kernel then uses torch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+FOLDER = Path(__file__).with_name("kernels")
+SOURCES = sorted(FOLDER.glob("*.cpp"))
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+
+
+def load() -> ctypes.CDLL:
+    """The kernels, built if this source, compiler and CPU have no build in the cache yet."""
+    return _declare(ctypes.CDLL(str(build())))
+
+
+def build() -> Path:
+    """The compiled kernels for these sources, compiler and CPU, from the cache or built now."""
+    if not (sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")):
+        raise RuntimeError(f"built and measured on x86-64 Linux only, not {sys.platform} {platform.machine()}")
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (set CXX to one)")
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    texts = [f.read_text() for f in sorted(FOLDER.glob("*.h")) + SOURCES]
+    key = hashlib.sha256("\0".join([*texts, " ".join(FLAGS), version, _cpu()]).encode()).hexdigest()[:16]
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "blocks-kernels"
+    cache = Path(os.environ.get("BLOCKS_KERNEL_CACHE") or default)
+    target = cache / f"blocks-kernels-{key}.so"
+    if target.is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:  # built aside, then renamed: a reader never sees half a file
+        built = Path(tmp) / target.name
+        command = [compiler, *FLAGS, "-o", str(built), *map(str, SOURCES)]
+        run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        if run.returncode != 0:
+            raise RuntimeError(f"{compiler} failed to build {FOLDER}: {run.stderr.strip()[-2000:]}")
+        os.replace(built, target)
+    return target
+
+
+def _cpu() -> str:
+    """What -march=native depends on: a build made on one CPU is never loaded on another."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    wanted = [line for line in info.splitlines() if line.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(wanted)))
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Argument and return types of every kernel, as the .cpp files declare them (pointers, {batch, head, pos} strides)."""
+    p, i64, strides, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64 * 3, ctypes.c_float
+    signatures = {
+        "causal_attention_forward": [p] * 5 + [strides] * 4 + [i64] * 4 + [f32],
+        "causal_attention_backward": [p] * 9 + [strides] * 6 + [i64] * 4 + [f32],
+        "causal_scores": [p] * 3 + [strides] * 2 + [i64] * 4 + [f32],
+        "pattern_times_values": [p] * 3 + [strides] * 2 + [i64] * 4,
+        "head_results": [p] * 3 + [i64] * 4,
+    }
+    for name, argtypes in signatures.items():
+        function = getattr(lib, name)
+        function.argtypes, function.restype = argtypes, ctypes.c_int
+    return lib
