@@ -5,6 +5,7 @@ import math
 import platform
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -193,3 +194,16 @@ def test_a_patched_pattern_is_multiplied_in_full() -> None:
     want = torch.matmul(patched, v.transpose(1, 2)).transpose(1, 2)
     torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5, equal_nan=True)
     assert got[1, 0, 1].isnan().all() and not got[1, 1, 0].isnan().any()  # the NaN's row only
+
+
+@needs_kernel
+def test_threads_calling_at_once_each_get_their_own_answer(torch_threads) -> None:
+    """The app serves several sessions with one model: each Python thread opens its own OpenMP team."""
+    torch_threads(2)
+    inputs = [packed_qkv((3, 40, 2, 32), seed=i) for i in range(6)]
+    expected = [explicit(*qkv.unbind(2)) for qkv in inputs]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        for _ in range(3):
+            got = list(pool.map(lambda qkv: ak.causal_attention(*qkv.unbind(2)), inputs))
+            for g, want in zip(got, expected):
+                torch.testing.assert_close(g, want, atol=2e-6, rtol=1e-5)
