@@ -139,7 +139,8 @@ class _KernelScores(torch.autograd.Function):
     def forward(ctx, q: Tensor, k: Tensor) -> Tensor:  # type: ignore[override]
         batch, n_pos, n_heads, d_head = q.shape
         scores = q.new_empty(batch, n_heads, n_pos, n_pos)
-        _run("causal_scores", _ptr(q), _ptr(k), _ptr(scores), _strides(q), _strides(k), batch, n_heads, n_pos, d_head, 1 / math.sqrt(d_head))
+        scale = 1 / math.sqrt(d_head)
+        _run("causal_scores", _ptr(q), _ptr(k), _ptr(scores), _strides(q), _strides(k), batch, n_heads, n_pos, d_head, scale)
         ctx.save_for_backward(q, k)
         return scores
 
@@ -147,8 +148,12 @@ class _KernelScores(torch.autograd.Function):
     def backward(ctx, grad_scores: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         q, k = ctx.saved_tensors
         grad_scores = grad_scores.tril() / math.sqrt(q.shape[-1])  # above the diagonal the scores are a constant -inf
-        grad_q = torch.einsum("bhqk,bkhe->bqhe", grad_scores, k)
-        grad_k = torch.einsum("bhqk,bqhe->bkhe", grad_scores, q)
+        grad_q = einops.einsum(
+            grad_scores, k, "batch n_heads query_pos key_pos, batch key_pos n_heads d_head -> batch query_pos n_heads d_head"
+        )
+        grad_k = einops.einsum(
+            grad_scores, q, "batch n_heads query_pos key_pos, batch query_pos n_heads d_head -> batch key_pos n_heads d_head"
+        )
         return grad_q, grad_k
 
 
@@ -164,8 +169,12 @@ class _KernelPatternValues(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_z: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         pattern, v = ctx.saved_tensors
-        grad_pattern = torch.einsum("bqhe,bkhe->bhqk", grad_z, v)
-        grad_v = torch.einsum("bhqk,bqhe->bkhe", pattern, grad_z)
+        grad_pattern = einops.einsum(
+            grad_z, v, "batch query_pos n_heads d_head, batch key_pos n_heads d_head -> batch n_heads query_pos key_pos"
+        )
+        grad_v = einops.einsum(
+            pattern, grad_z, "batch n_heads query_pos key_pos, batch query_pos n_heads d_head -> batch key_pos n_heads d_head"
+        )
         return grad_pattern, grad_v
 
 
@@ -181,8 +190,12 @@ class _KernelHeadResults(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_result: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         z, W_O = ctx.saved_tensors
-        grad_z = einops.einsum(grad_result, W_O, "batch pos n_heads d_model, n_heads d_head d_model -> batch pos n_heads d_head")
-        grad_W_O = einops.einsum(z, grad_result, "batch pos n_heads d_head, batch pos n_heads d_model -> n_heads d_head d_model")
+        grad_z = einops.einsum(
+            grad_result, W_O, "batch pos n_heads d_model, n_heads d_head d_model -> batch pos n_heads d_head"
+        )
+        grad_W_O = einops.einsum(
+            z, grad_result, "batch pos n_heads d_head, batch pos n_heads d_model -> n_heads d_head d_model"
+        )
         return grad_z, grad_W_O
 
 
@@ -234,14 +247,24 @@ def _differentiable_backward(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor) 
     """The kernel's backward as torch ops, so that gradients of gradients exist."""
     scale = 1 / math.sqrt(q.shape[-1])
     n_pos = q.shape[1]
-    scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * scale
+    scores = einops.einsum(
+        q, k, "batch query_pos n_heads d_head, batch key_pos n_heads d_head -> batch n_heads query_pos key_pos"
+    ) * scale
     causal = torch.ones(n_pos, n_pos, dtype=torch.bool, device=q.device).tril()
     pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)
-    grad_pattern = torch.einsum("bqhe,bkhe->bhqk", grad_out, v)
+    grad_pattern = einops.einsum(
+        grad_out, v, "batch query_pos n_heads d_head, batch key_pos n_heads d_head -> batch n_heads query_pos key_pos"
+    )
     grad_scores = pattern * (grad_pattern - (grad_pattern * pattern).sum(-1, keepdim=True))
-    grad_q = torch.einsum("bhqk,bkhe->bqhe", grad_scores, k) * scale
-    grad_k = torch.einsum("bhqk,bqhe->bkhe", grad_scores, q) * scale
-    grad_v = torch.einsum("bhqk,bqhe->bkhe", pattern, grad_out)
+    grad_q = einops.einsum(
+        grad_scores, k, "batch n_heads query_pos key_pos, batch key_pos n_heads d_head -> batch query_pos n_heads d_head"
+    ) * scale
+    grad_k = einops.einsum(
+        grad_scores, q, "batch n_heads query_pos key_pos, batch query_pos n_heads d_head -> batch key_pos n_heads d_head"
+    ) * scale
+    grad_v = einops.einsum(
+        pattern, grad_out, "batch n_heads query_pos key_pos, batch query_pos n_heads d_head -> batch key_pos n_heads d_head"
+    )
     return grad_q, grad_k, grad_v
 
 
