@@ -23,6 +23,7 @@ import ctypes
 import math
 import subprocess
 import threading
+import warnings
 
 import einops
 import torch
@@ -279,8 +280,11 @@ def _load() -> ctypes.CDLL | None:
                     _lib = kernel_library.load()
                     with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
                         status = _disagreement()
+                except kernel_library.UnsupportedPlatform as err:  # expected there: no warning
+                    status = f"attention kernels not used, torch's ops instead: {err}"
                 except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-                    status = f"causal attention kernel unavailable, using SDPA: {err}"
+                    status = f"attention kernels unavailable, torch's ops instead (attention about 2x slower where measured): {err}"
+                    warnings.warn(status, RuntimeWarning, stacklevel=2)
                 if status is not None:
                     _lib = None
                 _status = status  # settled last: until then, other threads wait on the lock
@@ -299,5 +303,7 @@ def _disagreement() -> str | None:
     ref_grads = torch.autograd.grad((ref * base[0]).sum(), (q2, k2, v2))
     for what, got, want in [("output", out, ref), *zip(("grad q", "grad k", "grad v"), grads, ref_grads)]:
         if not torch.allclose(got, want, atol=1e-5, rtol=1e-4):
-            return f"causal attention kernel disagreed with SDPA ({what} off by {(got - want).abs().max():.2e}); using SDPA"
+            status = f"attention kernels disagreed with SDPA ({what} off by {(got - want).abs().max():.2e}); torch's ops instead"
+            warnings.warn(status, RuntimeWarning, stacklevel=3)
+            return status
     return None

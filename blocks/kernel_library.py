@@ -6,7 +6,8 @@ $XDG_CACHE_HOME/blocks-kernels, else ~/.cache/blocks-kernels, under a name keyed
 flags, compiler version and CPU, so an edit, another compiler or another CPU builds anew. The
 library links to the libgomp torch has already loaded, so the kernels run on torch's threads
 (torch.set_num_threads applies). Raises RuntimeError (with the compiler's message), OSError or
-subprocess.SubprocessError when it cannot build or load; blocks.attention_kernel then uses torch.
+subprocess.SubprocessError when it cannot build or load (UnsupportedPlatform, a RuntimeError, off x86-64
+Linux); blocks.attention_kernel then uses torch's ops.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ SOURCES = sorted(FOLDER.glob("*.cpp"))
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 
 
+class UnsupportedPlatform(RuntimeError):
+    """The kernels are built and measured on x86-64 Linux only."""
+
+
 def load() -> ctypes.CDLL:
     """The kernels, built if this source, compiler and CPU have no build in the cache yet."""
     return _declare(ctypes.CDLL(str(build())))
@@ -34,7 +39,7 @@ def load() -> ctypes.CDLL:
 def build() -> Path:
     """The compiled kernels for these sources, compiler and CPU, from the cache or built now."""
     if not (sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")):
-        raise RuntimeError(f"built and measured on x86-64 Linux only, not {sys.platform} {platform.machine()}")
+        raise UnsupportedPlatform(f"built and measured on x86-64 Linux only, not {sys.platform} {platform.machine()}")
     compiler = os.environ.get("CXX", "g++")
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (set CXX to one)")

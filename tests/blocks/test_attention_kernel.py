@@ -38,7 +38,7 @@ def test_the_kernel_builds_wherever_it_was_measured() -> None:
     if BUILDS_HERE:  # CI's machine and this project's: a silent fallback would hide a broken kernel
         assert ak.kernel_status() is None
     else:
-        assert ak.kernel_status() is None or "SDPA" in ak.kernel_status()
+        assert ak.kernel_status() is None or "torch's ops instead" in ak.kernel_status()
 
 
 @needs_kernel
@@ -131,9 +131,11 @@ def fresh_kernel_state(monkeypatch: pytest.MonkeyPatch, tmp_path):
 def test_without_a_working_compiler_it_says_why_and_uses_sdpa(compiler: str, fresh_kernel_state, monkeypatch) -> None:
     monkeypatch.setenv("CXX", compiler)
     q, k, v = packed_qkv((2, 9, 2, 16)).unbind(2)
-    torch.testing.assert_close(ak.causal_attention(q, k, v), explicit(q, k, v), atol=2e-6, rtol=1e-5)
+    with pytest.warns(RuntimeWarning, match="torch's ops instead"):
+        out = ak.causal_attention(q, k, v)
+    torch.testing.assert_close(out, explicit(q, k, v), atol=2e-6, rtol=1e-5)
     status = ak.kernel_status()
-    assert status is not None and "using SDPA" in status
+    assert status is not None and "torch's ops instead" in status
     assert compiler in status
 
 
