@@ -2,7 +2,8 @@
 
 `load()` returns the library with every function's C signature declared. The build (g++ -O3
 -march=native -fopenmp, about half a second) lands in $BLOCKS_KERNEL_CACHE, else
-$XDG_CACHE_HOME/blocks-kernels, else ~/.cache/blocks-kernels, under a name keyed by the sources,
+$XDG_CACHE_HOME/blocks-kernels or ~/.cache/blocks-kernels (or, where that cannot be written,
+$TMPDIR/blocks-kernels-<uid>), under a name keyed by the sources,
 flags, compiler version and CPU, so an edit, another compiler or another CPU builds anew. The
 library links to the libgomp torch has already loaded, so the kernels run on torch's threads
 (torch.set_num_threads applies). Raises RuntimeError (with the compiler's message), OSError or
@@ -46,12 +47,12 @@ def build() -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     texts = [f.read_text() for f in sorted(FOLDER.glob("*.h")) + SOURCES]
     key = hashlib.sha256("\0".join([*texts, " ".join(FLAGS), version, _cpu()]).encode()).hexdigest()[:16]
-    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "blocks-kernels"
-    cache = Path(os.environ.get("BLOCKS_KERNEL_CACHE") or default)
-    target = cache / f"blocks-kernels-{key}.so"
-    if target.is_file():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
+    name = f"blocks-kernels-{key}.so"
+    for folder in _cache_folders():
+        if (folder / name).is_file() and _ours(folder):
+            return folder / name
+    cache = _writable(_cache_folders())
+    target = cache / name
     with tempfile.TemporaryDirectory(dir=cache) as tmp:  # built aside, then renamed: a reader never sees half a file
         built = Path(tmp) / target.name
         command = [compiler, *FLAGS, "-o", str(built), *map(str, SOURCES)]
@@ -60,6 +61,33 @@ def build() -> Path:
             raise RuntimeError(f"{compiler} failed to build {FOLDER}: {run.stderr.strip()[-2000:]}")
         os.replace(built, target)
     return target
+
+
+def _cache_folders() -> list[Path]:
+    """$BLOCKS_KERNEL_CACHE alone if set; else the user's cache folder, then one in the temp folder (a read-only home)."""
+    if os.environ.get("BLOCKS_KERNEL_CACHE"):
+        return [Path(os.environ["BLOCKS_KERNEL_CACHE"])]
+    home_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return [home_cache / "blocks-kernels", Path(tempfile.gettempdir()) / f"blocks-kernels-{os.getuid()}"]
+
+
+def _writable(folders: list[Path]) -> Path:
+    """The first folder that exists or can be made, is ours and can be written; OSError naming them all if none."""
+    for folder in folders:
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if _ours(folder) and os.access(folder, os.W_OK):
+            return folder
+    raise OSError(f"no writable folder of this user's for the compiled kernels among {', '.join(map(str, folders))} "
+                  "(set BLOCKS_KERNEL_CACHE)")
+
+
+def _ours(folder: Path) -> bool:
+    """Owned by this user and writable by nobody else: a library found there is loaded, and so run."""
+    info = folder.stat()
+    return info.st_uid == os.getuid() and not info.st_mode & 0o022
 
 
 def _cpu() -> str:

@@ -1,7 +1,9 @@
 """Our attention kernels against torch: the fused softmax(q k^T / sqrt(d_head)) v and the explicit path's products,
 values, gradients, fallbacks, and the build."""
 
+import ctypes
 import math
+import os
 import platform
 import shutil
 import sys
@@ -209,3 +211,31 @@ def test_threads_calling_at_once_each_get_their_own_answer(torch_threads) -> Non
             got = list(pool.map(lambda qkv: ak.causal_attention(*qkv.unbind(2)), inputs))
             for g, want in zip(got, expected):
                 torch.testing.assert_close(g, want, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.skipif(not BUILDS_HERE, reason="builds with g++ on x86-64 Linux only")
+def test_a_library_in_a_folder_others_can_write_is_never_loaded(fresh_kernel_state, monkeypatch) -> None:
+    """Anyone who can write the cache folder could plant code there: such a folder is skipped, also for the build."""
+    name = kernel_library.build().name  # into fresh_kernel_state, just to learn the name
+    monkeypatch.delenv("BLOCKS_KERNEL_CACHE")
+    shared = fresh_kernel_state / "shared" / "blocks-kernels"
+    shared.mkdir(parents=True)
+    (shared / name).write_bytes(b"planted")
+    shared.chmod(0o777)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(shared.parent))
+    monkeypatch.setattr(kernel_library.tempfile, "gettempdir", lambda: str(fresh_kernel_state / "tmp"))
+    built = kernel_library.build()
+    assert built.parent.parent == fresh_kernel_state / "tmp" and built.read_bytes() != b"planted"
+    kernel_library._declare(ctypes.CDLL(str(built)))  # a real library
+
+
+@pytest.mark.skipif(not BUILDS_HERE, reason="builds with g++ on x86-64 Linux only")
+def test_an_unusable_cache_home_falls_back_to_the_temp_folder(fresh_kernel_state, monkeypatch) -> None:
+    monkeypatch.delenv("BLOCKS_KERNEL_CACHE")
+    not_a_folder = fresh_kernel_state / "file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(not_a_folder))
+    monkeypatch.setattr(kernel_library.tempfile, "gettempdir", lambda: str(fresh_kernel_state / "tmp"))
+    built = kernel_library.build()
+    assert built.parent == fresh_kernel_state / "tmp" / f"blocks-kernels-{os.getuid()}"
+    assert built.parent.stat().st_mode & 0o777 == 0o700
