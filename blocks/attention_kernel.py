@@ -5,8 +5,8 @@
 - `causal_scores`, `pattern_times_values`, `head_results`: the explicit path's products, for when
   hooks read or patch the scores, the pattern or each head's result (backwards are torch ops).
 
-The kernels (blocks/kernels/, built by blocks.kernel_library on first use) run on x86-64 Linux,
-in float32 on the CPU, for d_head (and d_model, for head results) a multiple of 16; on first use
+The kernels (blocks/kernels/, built by blocks.kernel_library on first use) run on x86-64 Linux
+CPUs with AVX-512, in float32, for d_head (and d_model, for head results) a multiple of 16; on first use
 they are also checked against torch's SDPA, values and gradients. Why kernels of our own: at
 this sandbox's sizes torch's CPU flash attention is mostly the overhead of many tiny matmul calls
 and its batched matmuls with d_head 32 run far below peak (`python benchmarks/profile_model.py`

@@ -8,7 +8,7 @@ flags, compiler version and CPU, so an edit, another compiler or another CPU bui
 library links to the libgomp torch has already loaded, so the kernels run on torch's threads
 (torch.set_num_threads applies). Raises RuntimeError (with the compiler's message), OSError or
 subprocess.SubprocessError when it cannot build or load (UnsupportedPlatform, a RuntimeError, off x86-64
-Linux); blocks.attention_kernel then uses torch's ops.
+Linux or on a CPU without AVX-512); blocks.attention_kernel then uses torch's ops.
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ def build() -> Path:
     """The compiled kernels for these sources, compiler and CPU, from the cache or built now."""
     if not (sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")):
         raise UnsupportedPlatform(f"built and measured on x86-64 Linux only, not {sys.platform} {platform.machine()}")
+    if "avx512f" not in _cpu().split():
+        # GCC lowers the kernels' 16-float vectors to pairs of AVX2 registers and spills: built with
+        # -march=haswell on this project's machine, they ran far slower than torch's SDPA
+        raise UnsupportedPlatform("built and measured for CPUs with AVX-512 only; this CPU has no avx512f")
     compiler = os.environ.get("CXX", "g++")
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (set CXX to one)")

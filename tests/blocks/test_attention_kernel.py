@@ -239,3 +239,13 @@ def test_an_unusable_cache_home_falls_back_to_the_temp_folder(fresh_kernel_state
     built = kernel_library.build()
     assert built.parent == fresh_kernel_state / "tmp" / f"blocks-kernels-{os.getuid()}"
     assert built.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_cpu_without_avx512_uses_torch_quietly(fresh_kernel_state, monkeypatch, recwarn) -> None:
+    """Built for AVX2 the kernels are far slower than torch's SDPA, so they are not built there, and nothing warns."""
+    monkeypatch.setattr(kernel_library, "_cpu", lambda: "model name : an AVX2 CPU\nflags : fpu sse avx avx2 fma")
+    q, k, v = packed_qkv((2, 9, 2, 16)).unbind(2)
+    torch.testing.assert_close(ak.causal_attention(q, k, v), explicit(q, k, v), atol=2e-6, rtol=1e-5)
+    assert "avx512f" in ak.kernel_status()
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    assert not list(fresh_kernel_state.iterdir())  # nothing was built
