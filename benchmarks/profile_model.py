@@ -4,6 +4,7 @@
     python benchmarks/profile_model.py --train --layers 2 --d-model 128 --heads 4
     python benchmarks/profile_model.py --malloc threshold    # the allocator setting before M_MMAP_MAX 0
     python benchmarks/profile_model.py --grad-w --layers 2 --d-model 128 --heads 4
+    python benchmarks/profile_model.py --attention-sweep     # SDPA against our kernel at several shapes
 
 Batch 64 x 128 positions, d_vocab 512, GELU, LayerNorm, float32 CPU. Prints tokens/s (median
 of 8), minor page faults per call, the float32 matmul peak (2048^3, MKL and oneDNN), the
@@ -91,6 +92,35 @@ def attention_times(cfg: TransformerConfig) -> dict[str, tuple[float, float]]:
     return times
 
 
+SWEEP = [(64, 128, 4, 16), (64, 32, 4, 16), (64, 128, 8, 32), (8, 512, 8, 64), (16, 256, 12, 64), (4, 1024, 4, 64),
+         (2, 2048, 4, 128), (1, 64, 2, 32)]  # batch, positions, heads, d_head
+
+
+def attention_sweep() -> None:
+    """Fused attention through torch's SDPA and through our kernel, forward and forward+backward, at several shapes."""
+    print(f"blocks.attention_kernel: {attention_kernel.kernel_status() or 'in use'}; medians of 10, ms")
+    print("| batch, pos, heads, d_head | forward: SDPA / ours | forward+backward: SDPA / ours |")
+    print("|---|---|---|")
+    for b, n, h, e in SWEEP:
+        qkv = torch.randn(b, n, 3, h, e, requires_grad=True)
+        q, k, v = qkv.detach().unbind(2)
+        grad = torch.randn(b, n, h, e)
+        cells = []
+        for train in (False, True):
+
+            def fn() -> object:
+                if train:
+                    return attention_kernel.causal_attention(*qkv.unbind(2)).backward(grad)
+                return attention_kernel.causal_attention(q, k, v)
+
+            with torch.set_grad_enabled(train):
+                with linear_ops.fused_kernels(False):
+                    theirs = median_time(fn, 10)
+                ours = median_time(fn, 10)
+            cells.append(f"{theirs * 1e3:.2f} / {ours * 1e3:.2f} ({theirs / ours:.2f}x)")
+        print(f"| {b}, {n}, {h}, {e} | {cells[0]} | {cells[1]} |")
+
+
 def training_step(model: Transformer, opt: torch.optim.Optimizer, tokens: torch.Tensor) -> None:
     """One AdamW step on next-token cross-entropy, as benchmarks/bench_train.py times it."""
     logits = model(tokens)
@@ -152,8 +182,12 @@ def main() -> None:
     parser.add_argument("--malloc", choices=["keep", "threshold", "glibc"], default="keep")
     parser.add_argument("--rows", type=int, default=14, help="ops to list")
     parser.add_argument("--grad-w", action="store_true", help="time weight gradients: one matmul against linear_ops")
+    parser.add_argument("--attention-sweep", action="store_true", help="time SDPA against our kernel at several shapes")
     args = parser.parse_args()
     set_malloc(args.malloc)
+    if args.attention_sweep:
+        attention_sweep()
+        return
     torch.manual_seed(0)
     cfg = TransformerConfig(n_layers=args.layers, d_model=args.d_model, n_heads=args.heads, d_mlp=4 * args.d_model,
                             d_vocab=D_VOCAB, n_ctx=N_CTX, act_fn="gelu", normalization="LN")
