@@ -83,13 +83,15 @@ def attention_times(cfg: TransformerConfig) -> dict[str, tuple[float, float]]:
         ),
         "head results (hook_result)": lambda: attention_kernel.head_results(v, W_O),
     }
-    times = {}
-    for name, fn in cases.items():
-        with torch.set_grad_enabled("backward" in name):
-            with linear_ops.fused_kernels(False):
-                theirs = median_time(fn, 20)
-            times[name] = (theirs, median_time(fn, 20))
-    return times
+    return {name: torch_and_ours(fn, "backward" in name, 20) for name, fn in cases.items()}
+
+
+def torch_and_ours(fn: Callable[[], object], grad: bool, repeats: int) -> tuple[float, float]:
+    """Median seconds of fn through torch's ops (our kernels switched off), then through ours."""
+    with torch.set_grad_enabled(grad):
+        with linear_ops.fused_kernels(False):
+            theirs = median_time(fn, repeats)
+        return theirs, median_time(fn, repeats)
 
 
 SWEEP = [(64, 128, 4, 16), (64, 32, 4, 16), (64, 128, 8, 32), (8, 512, 8, 64), (16, 256, 12, 64), (4, 1024, 4, 64),
@@ -113,10 +115,7 @@ def attention_sweep() -> None:
                     return attention_kernel.causal_attention(*qkv.unbind(2)).backward(grad)
                 return attention_kernel.causal_attention(q, k, v)
 
-            with torch.set_grad_enabled(train):
-                with linear_ops.fused_kernels(False):
-                    theirs = median_time(fn, 10)
-                ours = median_time(fn, 10)
+            theirs, ours = torch_and_ours(fn, train, 10)
             cells.append(f"{theirs * 1e3:.2f} / {ours * 1e3:.2f} ({theirs / ours:.2f}x)")
         print(f"| {b}, {n}, {h}, {e} | {cells[0]} | {cells[1]} |")
 

@@ -33,8 +33,7 @@ class Attention(nn.Module):
         self.b_V = nn.Parameter(torch.empty(h, e))
         self.b_O = nn.Parameter(torch.empty(d))
         causal = torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool).tril()
-        self.register_buffer("causal_mask", causal, persistent=False)
-        # 0 where a query may look, -inf above the diagonal: added inside the scores' matmul
+        # 0 where a query may look, -inf above the diagonal: the mask torch's path adds inside the scores' matmul
         self.register_buffer("causal_bias", torch.zeros(cfg.n_ctx, cfg.n_ctx).masked_fill(~causal, float("-inf")), persistent=False)
 
         self.hook_q = HookPoint()  # [batch, pos, n_heads, d_head]

@@ -102,7 +102,7 @@ def head_results(
     z: Float[Tensor, "batch pos n_heads d_head"], W_O: Float[Tensor, "n_heads d_head d_model"]
 ) -> Float[Tensor, "batch pos n_heads d_model"]:
     """Each head's write to the residual stream, z[..., h, :] @ W_O[h], laid out as hook_result shows it."""
-    if W_O.shape[-1] % 16 == 0 and W_O.is_contiguous() and plain_cpu_float32(z, W_O) and _load() is not None:
+    if W_O.shape[-1] % kernel_library.VECTOR_FLOATS == 0 and W_O.is_contiguous() and plain_cpu_float32(z, W_O) and _load() is not None:
         return _KernelHeadResults.apply(z.contiguous(), W_O)
     return einops.einsum(z, W_O, "batch pos n_heads d_head, n_heads d_head d_model -> batch pos n_heads d_model")
 
@@ -111,7 +111,7 @@ def _kernel_applies(*tensors: Tensor, max_pos_with_grad: int | None = MAX_POS_WI
     n_pos, d_head = tensors[0].shape[1], tensors[0].shape[3]
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     return (
-        d_head % 16 == 0
+        d_head % kernel_library.VECTOR_FLOATS == 0
         and n_pos > 0
         and not (grad and max_pos_with_grad is not None and n_pos > max_pos_with_grad)
         and all(t.stride(-1) == 1 and not t.is_sparse for t in tensors)

@@ -3,17 +3,18 @@
 `load()` returns the library with every function's C signature declared. The build (g++ -O3
 -march=native -fopenmp, about half a second) lands in $BLOCKS_KERNEL_CACHE, else
 $XDG_CACHE_HOME/blocks-kernels or ~/.cache/blocks-kernels (or, where that cannot be written,
-$TMPDIR/blocks-kernels-<uid>), under a name keyed by the sources,
-flags, compiler version and CPU, so an edit, another compiler or another CPU builds anew. The
-library links to the libgomp torch has already loaded, so the kernels run on torch's threads
-(torch.set_num_threads applies). Raises RuntimeError (with the compiler's message), OSError or
-subprocess.SubprocessError when it cannot build or load (UnsupportedPlatform, a RuntimeError, off x86-64
-Linux or on a CPU without AVX-512); blocks.attention_kernel then uses torch's ops.
+$TMPDIR/blocks-kernels-<uid>), under a name keyed by the sources, flags, compiler version and
+CPU, so an edit, another compiler or another CPU builds anew. The library links to the libgomp
+torch has already loaded, so the kernels run on torch's threads (torch.set_num_threads applies).
+Raises UnsupportedPlatform where `unsupported()` gives a reason, and RuntimeError (with the
+compiler's message), OSError or subprocess.SubprocessError when it cannot build or load;
+blocks.attention_kernel then uses torch's ops.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -28,8 +29,22 @@ SOURCES = sorted(FOLDER.glob("*.cpp"))
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 
 
+VECTOR_FLOATS = 16  # the kernels' vector width: d_head (and d_model, for head results) must be a multiple
+
+
 class UnsupportedPlatform(RuntimeError):
-    """The kernels are built and measured on x86-64 Linux only."""
+    """The kernels are built and measured on x86-64 Linux CPUs with AVX-512 only."""
+
+
+def unsupported() -> str | None:
+    """Why the kernels are not built on this machine (not x86-64 Linux, or no AVX-512), or None."""
+    if not (sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")):
+        return f"built and measured on x86-64 Linux only, not {sys.platform} {platform.machine()}"
+    if "avx512f" not in _cpu().split():
+        # GCC lowers the kernels' 16-float vectors to pairs of AVX2 registers and spills: built with
+        # -march=haswell on this project's machine, they ran far slower than torch's SDPA
+        return "built and measured for CPUs with AVX-512 only; this CPU has no avx512f"
+    return None
 
 
 def load() -> ctypes.CDLL:
@@ -39,12 +54,9 @@ def load() -> ctypes.CDLL:
 
 def build() -> Path:
     """The compiled kernels for these sources, compiler and CPU, from the cache or built now."""
-    if not (sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")):
-        raise UnsupportedPlatform(f"built and measured on x86-64 Linux only, not {sys.platform} {platform.machine()}")
-    if "avx512f" not in _cpu().split():
-        # GCC lowers the kernels' 16-float vectors to pairs of AVX2 registers and spills: built with
-        # -march=haswell on this project's machine, they ran far slower than torch's SDPA
-        raise UnsupportedPlatform("built and measured for CPUs with AVX-512 only; this CPU has no avx512f")
+    reason = unsupported()
+    if reason is not None:
+        raise UnsupportedPlatform(reason)
     compiler = os.environ.get("CXX", "g++")
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (set CXX to one)")
@@ -52,10 +64,11 @@ def build() -> Path:
     texts = [f.read_text() for f in sorted(FOLDER.glob("*.h")) + SOURCES]
     key = hashlib.sha256("\0".join([*texts, " ".join(FLAGS), version, _cpu()]).encode()).hexdigest()[:16]
     name = f"blocks-kernels-{key}.so"
-    for folder in _cache_folders():
+    folders = _cache_folders()
+    for folder in folders:
         if (folder / name).is_file() and _ours(folder):
             return folder / name
-    cache = _writable(_cache_folders())
+    cache = _writable(folders)
     target = cache / name
     with tempfile.TemporaryDirectory(dir=cache) as tmp:  # built aside, then renamed: a reader never sees half a file
         built = Path(tmp) / target.name
@@ -94,6 +107,7 @@ def _ours(folder: Path) -> bool:
     return info.st_uid == os.getuid() and not info.st_mode & 0o022
 
 
+@functools.cache
 def _cpu() -> str:
     """What -march=native depends on: a build made on one CPU is never loaded on another."""
     try:

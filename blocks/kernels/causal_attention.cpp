@@ -18,16 +18,16 @@ namespace {
 
 void forward_head(Rows q, Rows k, Rows v, float* out, int64_t out_stride, float* lse, int64_t n_pos, int64_t d_head,
                   float scale, float* scratch) {
-    const int64_t tp = (n_pos + 15) / 16 * 16;
+    const int64_t tp = padded(n_pos);
     float* kt = scratch;               // [d_head, tp]
     float* s = kt + d_head * tp;       // [R, tp]
     float* xb = s + R * tp;            // [R, d_head]
     float* ob = xb + R * d_head;       // [R, d_head]
     pack_transposed(k, n_pos, d_head, tp, kt);
     for (int64_t i0 = 0; i0 < n_pos; i0 += R) {
-        const int64_t rows = n_pos - i0 < R ? n_pos - i0 : R, n_keys = i0 + rows;
+        const int64_t rows = block_rows(n_pos, i0), n_keys = i0 + rows;
         pack_block(q, i0, rows, d_head, scale, xb);
-        rows_times_packed(xb, d_head, kt, tp, (n_keys + 15) / 16, s, tp);
+        rows_times_packed(xb, d_head, kt, tp, n_vectors(n_keys), s, tp);
         float inv[R] = {};
         for (int64_t r = 0; r < R; r++) {
             if (r < rows) {
@@ -40,14 +40,13 @@ void forward_head(Rows q, Rows k, Rows v, float* out, int64_t out_stride, float*
             }
         }
         weights_times_rows(s, tp, 1, 0, n_keys, v, d_head, ob, d_head);
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t e = 0; e < d_head; e += 16) vstore(out + (i0 + r) * out_stride + e, vload(ob + r * d_head + e) * splat(inv[r]));
+        for (int64_t r = 0; r < rows; r++) store_rows(ob + r * d_head, 1, d_head, inv[r], out + (i0 + r) * out_stride, out_stride);
     }
 }
 
 void backward_head(Rows q, Rows k, Rows v, Rows out, Rows grad_out, const float* lse, float* grad_q, float* grad_k,
                    float* grad_v, const Strides& gs, int64_t n_pos, int64_t d_head, float scale, float* scratch) {
-    const int64_t tp = (n_pos + 15) / 16 * 16, tr = (n_pos + R - 1) / R * R;
+    const int64_t tp = padded(n_pos), tr = (n_pos + R - 1) / R * R;
     float* kt = scratch;               // [d_head, tp]
     float* vt = kt + d_head * tp;      // [d_head, tp]
     float* p = vt + d_head * tp;       // [tr, tp]: probabilities, 0 above the diagonal
@@ -63,7 +62,7 @@ void backward_head(Rows q, Rows k, Rows v, Rows out, Rows grad_out, const float*
         delta[i] = hsum(acc);
     }
     for (int64_t i0 = 0; i0 < tr; i0 += R) {
-        const int64_t rows = n_pos - i0 < R ? n_pos - i0 : R, n_vec = (i0 + rows + 15) / 16;
+        const int64_t rows = block_rows(n_pos, i0), n_vec = n_vectors(i0 + rows);
         pack_block(q, i0, rows, d_head, scale, xb);
         rows_times_packed(xb, d_head, kt, tp, n_vec, p + i0 * tp, tp);
         pack_block(grad_out, i0, rows, d_head, 1.0f, xb);
@@ -82,27 +81,24 @@ void backward_head(Rows q, Rows k, Rows v, Rows out, Rows grad_out, const float*
             std::memset(dr + 16 * n_vec, 0, sizeof(float) * (tp - 16 * n_vec));  // never written: may hold NaN
         }
         weights_times_rows(ds + i0 * tp, tp, 1, 0, i0 + rows, k, d_head, ob, d_head);  // grad_q = scale * ds @ k
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t e = 0; e < d_head; e += 16) vstore(grad_q + (i0 + r) * gs.pos + e, vload(ob + r * d_head + e) * splat(scale));
+        store_rows(ob, rows, d_head, scale, grad_q + i0 * gs.pos, gs.pos);
     }
     for (int64_t j0 = 0; j0 < n_pos; j0 += R) {  // key blocks: only queries j0.. see them
-        const int64_t rows = n_pos - j0 < R ? n_pos - j0 : R;
+        const int64_t rows = block_rows(n_pos, j0);
         weights_times_rows(p + j0, 1, tp, j0, n_pos, grad_out, d_head, ob, d_head);  // grad_v = p^T @ grad_out
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t e = 0; e < d_head; e += 16) vstore(grad_v + (j0 + r) * gs.pos + e, vload(ob + r * d_head + e));
+        store_rows(ob, rows, d_head, 1.0f, grad_v + j0 * gs.pos, gs.pos);
         weights_times_rows(ds + j0, 1, tp, j0, n_pos, q, d_head, ob, d_head);  // grad_k = scale * ds^T @ q
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t e = 0; e < d_head; e += 16) vstore(grad_k + (j0 + r) * gs.pos + e, vload(ob + r * d_head + e) * splat(scale));
+        store_rows(ob, rows, d_head, scale, grad_k + j0 * gs.pos, gs.pos);
     }
 }
 
 int64_t forward_scratch(int64_t n_pos, int64_t d_head) {
-    const int64_t tp = (n_pos + 15) / 16 * 16;
+    const int64_t tp = padded(n_pos);
     return d_head * tp + R * tp + 2 * R * d_head;
 }
 
 int64_t backward_scratch(int64_t n_pos, int64_t d_head) {
-    const int64_t tp = (n_pos + 15) / 16 * 16, tr = (n_pos + R - 1) / R * R;
+    const int64_t tp = padded(n_pos), tr = (n_pos + R - 1) / R * R;
     return 2 * d_head * tp + 2 * tr * tp + 2 * R * d_head + tr;
 }
 

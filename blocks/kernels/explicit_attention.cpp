@@ -10,15 +10,15 @@ namespace {
 
 // scores[i, j] = scale * q[i] . k[j] for j <= i, -inf after (row stride n_pos): the explicit path's masked scores.
 void scores_head(Rows q, Rows k, float* scores, int64_t n_pos, int64_t d_head, float scale, float* scratch) {
-    const int64_t tp = (n_pos + 15) / 16 * 16;
+    const int64_t tp = padded(n_pos);
     float* kt = scratch;          // [d_head, tp]
     float* s = kt + d_head * tp;  // [R, tp]
     float* xb = s + R * tp;       // [R, d_head]
     pack_transposed(k, n_pos, d_head, tp, kt);
     for (int64_t i0 = 0; i0 < n_pos; i0 += R) {
-        const int64_t rows = n_pos - i0 < R ? n_pos - i0 : R;
+        const int64_t rows = block_rows(n_pos, i0);
         pack_block(q, i0, rows, d_head, scale, xb);
-        rows_times_packed(xb, d_head, kt, tp, (i0 + rows + 15) / 16, s, tp);
+        rows_times_packed(xb, d_head, kt, tp, n_vectors(i0 + rows), s, tp);
         for (int64_t r = 0; r < rows; r++) {
             float* row = scores + (i0 + r) * n_pos;
             std::memcpy(row, s + r * tp, sizeof(float) * (i0 + r + 1));
@@ -37,7 +37,7 @@ int64_t nonzero_end(const float* row, int64_t from, int64_t to) {
     for (int k = 0; k < 16; k++)
         if (seen[k])
             for (j = to - 1; j >= from; j--)
-                if (row[j] != 0.0f || row[j] != row[j]) return j + 1;
+                if (row[j] != 0.0f) return j + 1;  // NaN != 0 too
     return from;
 }
 
@@ -45,7 +45,7 @@ int64_t nonzero_end(const float* row, int64_t from, int64_t to) {
 // (a causal pattern is exactly 0 above the diagonal; a patched one may not be, and is then multiplied in full)
 void pattern_head(const float* pattern, Rows v, float* z, int64_t z_stride, int64_t n_pos, int64_t d_head, float* pb) {
     for (int64_t i0 = 0; i0 < n_pos; i0 += R) {
-        const int64_t rows = n_pos - i0 < R ? n_pos - i0 : R;
+        const int64_t rows = block_rows(n_pos, i0);
         int64_t n_keys = i0 + rows;  // past the diagonal, the weights are checked for being all 0
         for (int64_t r = 0; r < rows; r++) n_keys = nonzero_end(pattern + (i0 + r) * n_pos, n_keys, n_pos);
         const float* a = pattern + i0 * n_pos;
@@ -70,7 +70,7 @@ void head_results_block(const float* z, const float* w_o, float* result, int64_t
 }
 
 int64_t scores_scratch(int64_t n_pos, int64_t d_head) {
-    const int64_t tp = (n_pos + 15) / 16 * 16;
+    const int64_t tp = padded(n_pos);
     return d_head * tp + R * tp + R * d_head;
 }
 
@@ -103,7 +103,7 @@ int pattern_times_values(const float* pattern, const float* v, float* z, const i
 // result: [rows, n_heads, d_model] from z [rows, n_heads, d_head] and w_o [n_heads, d_head, d_model], all contiguous.
 int head_results(const float* z, const float* w_o, float* result, int64_t rows, int64_t n_heads, int64_t d_head, int64_t d_model) {
     return for_each_task((rows + R - 1) / R, R * n_heads * d_head, [&](int64_t t, float* scratch) {
-        head_results_block(z, w_o, result, t * R, rows - t * R < R ? rows - t * R : R, n_heads, d_head, d_model, scratch);
+        head_results_block(z, w_o, result, t * R, block_rows(rows, t * R), n_heads, d_head, d_model, scratch);
     });
 }
 

@@ -14,6 +14,10 @@ typedef float v16 __attribute__((vector_size(64)));
 typedef int32_t v16i __attribute__((vector_size(64)));
 constexpr int64_t R = 8;  // query (or key) rows per block: R rows x 2 vectors = 16 accumulators in registers
 
+inline int64_t n_vectors(int64_t n) { return (n + 15) / 16; }  // 16-float vectors that hold n floats
+inline int64_t padded(int64_t n) { return 16 * n_vectors(n); }
+inline int64_t block_rows(int64_t n, int64_t i0) { return n - i0 < R ? n - i0 : R; }  // rows of the block from i0
+
 inline v16 vload(const float* p) { v16 x; std::memcpy(&x, p, sizeof x); return x; }
 inline void vstore(float* p, v16 x) { std::memcpy(p, &x, sizeof x); }
 inline v16 splat(float a) { return v16{} + a; }
@@ -56,33 +60,22 @@ struct Rows {  // one head's [pos, d_head] matrix: element (i, e) at p[i * strid
     int64_t stride;
 };
 
-// Lane masks of one transpose stage: lane l of the low row comes from a where bit B of l is clear, else from c, B lanes back.
-template <int B> struct Masks;
-template <> struct Masks<8> {
-    static constexpr v16i lo = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
-    static constexpr v16i hi = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
-};
-template <> struct Masks<4> {
-    static constexpr v16i lo = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
-    static constexpr v16i hi = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
-};
-template <> struct Masks<2> {
-    static constexpr v16i lo = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
-    static constexpr v16i hi = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
-};
-template <> struct Masks<1> {
-    static constexpr v16i lo = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
-    static constexpr v16i hi = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
-};
+// One stage of a 16 x 16 transpose in registers, then the smaller ones: swaps the off-diagonal B x B blocks of every
+// 2B x 2B block. Lane l of the low row comes from a where bit B of l is clear, else from c, B lanes back.
 template <int B>
-inline void transpose_stage(v16* r) {  // swaps the off-diagonal BxB blocks of every 2Bx2B block
-    constexpr v16i lo = Masks<B>::lo, hi = Masks<B>::hi;
+inline void transpose_stages(v16* r) {
+    v16i lo, hi;
+    for (int l = 0; l < 16; l++) {  // constant after unrolling: the compiler folds them into the shuffles
+        lo[l] = (l & B) == 0 ? l : 16 + l - B;
+        hi[l] = (l & B) == 0 ? l + B : 16 + l;
+    }
     for (int i = 0; i < 16; i++) {
         if (i & B) continue;
         const v16 a = r[i], c = r[i + B];
         r[i] = __builtin_shuffle(a, c, lo);
         r[i + B] = __builtin_shuffle(a, c, hi);
     }
+    if constexpr (B > 1) transpose_stages<B / 2>(r);
 }
 
 // yt[e * tp + j] = y[j, e] for j < n_pos, zero up to tp (16x16 blocks transposed in registers)
@@ -91,10 +84,7 @@ inline void pack_transposed(Rows y, int64_t n_pos, int64_t d_head, int64_t tp, f
         for (int64_t e0 = 0; e0 < d_head; e0 += 16) {
             v16 r[16];
             for (int64_t i = 0; i < 16; i++) r[i] = j0 + i < n_pos ? vload(y.p + (j0 + i) * y.stride + e0) : splat(0.0f);
-            transpose_stage<8>(r);
-            transpose_stage<4>(r);
-            transpose_stage<2>(r);
-            transpose_stage<1>(r);
+            transpose_stages<8>(r);
             for (int64_t i = 0; i < 16; i++) vstore(yt + (e0 + i) * tp + j0, r[i]);
         }
 }
@@ -154,10 +144,16 @@ inline void weights_times_rows(const float* a, int64_t a_r, int64_t a_j, int64_t
     }
 }
 
+// dst rows (dst_stride apart) = scale * the first `rows` rows of the [R, d_head] block ob
+inline void store_rows(const float* ob, int64_t rows, int64_t d_head, float scale, float* dst, int64_t dst_stride) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t e = 0; e < d_head; e += 16) vstore(dst + r * dst_stride + e, vload(ob + r * d_head + e) * splat(scale));
+}
+
 // Row i of s holds scores for keys 0..i (and junk after): becomes exp(score - shift) there and 0 after, up to tp.
 // Returns the sum of the kept exponentials. With max_out, the shift is the row's maximum, stored there.
 inline float exp_row(float* s, int64_t i, int64_t tp, float shift, float* max_out) {
-    const int64_t n_vec = (i + 16) / 16;
+    const int64_t n_vec = n_vectors(i + 1);
     const int32_t count = static_cast<int32_t>(i + 1);
     if (max_out) {
         v16 m = splat(-INFINITY);

@@ -4,9 +4,7 @@ values, gradients, fallbacks, and the build."""
 import ctypes
 import math
 import os
-import platform
 import shutil
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -16,18 +14,22 @@ import blocks.attention_kernel as ak
 from blocks import kernel_library
 from blocks.linear_ops import fused_kernels
 
-BUILDS_HERE = sys.platform.startswith("linux") and platform.machine() == "x86_64" and shutil.which("g++") is not None
+BUILDS_HERE = kernel_library.unsupported() is None and shutil.which("g++") is not None
+needs_build = pytest.mark.skipif(not BUILDS_HERE, reason=f"no build here: {kernel_library.unsupported() or 'no g++'}")
 needs_kernel = pytest.mark.skipif(ak.kernel_status() is not None, reason=f"kernel unavailable: {ak.kernel_status()}")
 
 # batch, pos, n_heads, d_head: one position; remainders of the 8-row and 16-key blocks; d_head 16 to 128
 SHAPES = [(2, 1, 1, 16), (3, 21, 2, 32), (2, 37, 5, 64), (1, 130, 3, 48), (2, 9, 4, 128), (1, 16, 2, 16)]
 
 
-def explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def masked_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     n = q.shape[1]
     scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(q.shape[-1])
-    scores = scores.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
-    return torch.einsum("bhqk,bkhe->bqhe", scores.softmax(-1), v)
+    return scores.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
+
+
+def explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("bhqk,bkhe->bqhe", masked_scores(q, k).softmax(-1), v)
 
 
 def packed_qkv(shape: tuple[int, int, int, int], seed: int = 0) -> torch.Tensor:
@@ -141,19 +143,13 @@ def test_without_a_working_compiler_it_says_why_and_uses_sdpa(compiler: str, fre
     assert compiler in status
 
 
-@pytest.mark.skipif(not BUILDS_HERE, reason="builds with g++ on x86-64 Linux only")
+@needs_build
 def test_a_build_is_cached_per_source_and_reused(fresh_kernel_state) -> None:
     first = kernel_library.build()
     assert first.parent == fresh_kernel_state and first.is_file()
     stamp = first.stat().st_mtime_ns
     assert kernel_library.build() == first and first.stat().st_mtime_ns == stamp  # found, not rebuilt
     assert list(fresh_kernel_state.iterdir()) == [first]  # no half-built leftovers
-
-
-def masked_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    n = q.shape[1]
-    scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(q.shape[-1])
-    return scores.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
 
 
 @needs_kernel
@@ -213,7 +209,7 @@ def test_threads_calling_at_once_each_get_their_own_answer(torch_threads) -> Non
                 torch.testing.assert_close(g, want, atol=2e-6, rtol=1e-5)
 
 
-@pytest.mark.skipif(not BUILDS_HERE, reason="builds with g++ on x86-64 Linux only")
+@needs_build
 def test_a_library_in_a_folder_others_can_write_is_never_loaded(fresh_kernel_state, monkeypatch) -> None:
     """Anyone who can write the cache folder could plant code there: such a folder is skipped, also for the build."""
     name = kernel_library.build().name  # into fresh_kernel_state, just to learn the name
@@ -229,7 +225,7 @@ def test_a_library_in_a_folder_others_can_write_is_never_loaded(fresh_kernel_sta
     kernel_library._declare(ctypes.CDLL(str(built)))  # a real library
 
 
-@pytest.mark.skipif(not BUILDS_HERE, reason="builds with g++ on x86-64 Linux only")
+@needs_build
 def test_an_unusable_cache_home_falls_back_to_the_temp_folder(fresh_kernel_state, monkeypatch) -> None:
     monkeypatch.delenv("BLOCKS_KERNEL_CACHE")
     not_a_folder = fresh_kernel_state / "file"
