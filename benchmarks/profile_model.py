@@ -5,6 +5,7 @@
     python benchmarks/profile_model.py --malloc threshold    # the allocator setting before M_MMAP_MAX 0
     python benchmarks/profile_model.py --grad-w --layers 2 --d-model 128 --heads 4
     python benchmarks/profile_model.py --attention-sweep     # SDPA against our kernel at several shapes
+    python benchmarks/profile_model.py --costs               # the forward with one piece left out at a time
 
 Batch 64 x 128 positions, d_vocab 512, GELU, LayerNorm, float32 CPU. Prints tokens/s (median
 of 8), minor page faults per call, the float32 matmul peak (2048^3, MKL and oneDNN), the
@@ -16,7 +17,11 @@ fastest and slowest single call (the profiler inflates memory-bound ops unevenly
 mmap threshold to its 32 MB ceiling and stops trimming (our setting before M_MMAP_MAX 0);
 `glibc` leaves malloc alone. `--grad-w` instead times the weight gradients of the model's
 linear maps as one matmul (x.T @ grad) and as blocks.linear_ops computes them (split over two
-threads where that was faster), and training steps with each, in paired rounds.
+threads where that was faster), and training steps with each, in paired rounds. `--costs`
+times the plain forward whole and with one piece left out at a time (the MLP activation, the
+LayerNorms, attention's products; outputs wrong, timing only), in interleaved rounds, against
+the time the model's linear maps would take at the oneDNN matmul peak: what is left to gain
+outside the matmuls.
 """
 
 from __future__ import annotations
@@ -28,14 +33,19 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+import blocks.attention  # noqa: E402
+import blocks.mlp  # noqa: E402
 from blocks import Transformer, TransformerConfig, attention_kernel, linear_ops  # noqa: E402
+from blocks.norm import HookedLayerNorm  # noqa: E402
 from blocks.runtime import keep_freed_memory  # noqa: E402
 from bench_probes import median_time  # noqa: E402  (this folder is on sys.path when run as a script)
 
@@ -120,6 +130,46 @@ def attention_sweep() -> None:
         print(f"| {b}, {n}, {h}, {e} | {cells[0]} | {cells[1]} |")
 
 
+def piece_costs(model: Transformer, tokens: torch.Tensor, rounds: int = 12) -> None:
+    """The plain forward whole and with one piece left out at a time (outputs wrong: timing only), interleaved."""
+    affine = blocks.mlp.affine
+
+    def without_activation(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: str | None = None) -> torch.Tensor:
+        return affine(x, weight, bias)
+
+    left_out: dict[str, Callable[[], AbstractContextManager[object]]] = {
+        "nothing": nullcontext,
+        "the MLP activation (GELU inside W_in's matmul)": lambda: mock.patch.object(blocks.mlp, "affine", without_activation),
+        "the LayerNorms (ln1, ln2, ln_final)": lambda: mock.patch.object(HookedLayerNorm, "forward", lambda self, x: x),
+        "attention's products (our fused kernel)": lambda: mock.patch.object(
+            blocks.attention, "causal_attention", lambda q, k, v: q.new_empty(q.shape)
+        ),
+    }
+    times: dict[str, list[float]] = {name: [] for name in left_out}
+    with torch.no_grad():
+        for _ in range(rounds + 1):  # the first round warms up
+            for name, patch in left_out.items():
+                with patch():
+                    started = time.perf_counter()
+                    model(tokens)
+                    model(tokens)
+                    times[name].append((time.perf_counter() - started) / 2)
+    medians = {name: statistics.median(t[1:]) for name, t in times.items()}
+    cfg, rows = model.cfg, tokens.numel()
+    per_layer = cfg.d_model * 3 * cfg.n_heads * cfg.d_head + cfg.n_heads * cfg.d_head * cfg.d_model + 2 * cfg.d_model * cfg.d_mlp
+    flops = 2 * rows * (cfg.n_layers * per_layer + cfg.d_model * cfg.d_vocab)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    peak = 2 * 2048**3 / median_time(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""), 5)
+    print(f"linear maps: {flops / 1e9:.1f} GFLOP a forward, {flops / peak * 1e3:.0f} ms at the oneDNN peak "
+          f"measured now ({peak / 1e9:.0f} GFLOP/s on 2048^3)")
+    print(f"the forward with one piece left out, medians of {rounds} interleaved rounds:")
+    print("| left out | ms a forward | its cost, ms |")
+    print("|---|---|---|")
+    whole = medians["nothing"]
+    for name, ms in medians.items():
+        print(f"| {name} | {ms * 1e3:.1f} | {'' if name == 'nothing' else f'{(whole - ms) * 1e3:.1f}'} |")
+
+
 def training_step(model: Transformer, opt: torch.optim.Optimizer, tokens: torch.Tensor) -> None:
     """One AdamW step on next-token cross-entropy, as benchmarks/bench_train.py times it."""
     logits = model(tokens)
@@ -182,6 +232,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=14, help="ops to list")
     parser.add_argument("--grad-w", action="store_true", help="time weight gradients: one matmul against linear_ops")
     parser.add_argument("--attention-sweep", action="store_true", help="time SDPA against our kernel at several shapes")
+    parser.add_argument("--costs", action="store_true", help="time the forward with one piece left out at a time")
     args = parser.parse_args()
     set_malloc(args.malloc)
     if args.attention_sweep:
@@ -194,6 +245,9 @@ def main() -> None:
     tokens = torch.randint(0, D_VOCAB, (BATCH, N_CTX))
     if args.grad_w:
         grad_w_report(model, tokens)
+        return
+    if args.costs:
+        piece_costs(model.eval(), tokens)
         return
     if args.train:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
