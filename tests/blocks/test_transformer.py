@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import blocks.attention
+import blocks.block
 
 from blocks import Transformer, TransformerConfig
 from transformer_helpers import BATCH, POS, make_model, tokens_for
@@ -143,3 +144,64 @@ def test_fused_and_explicit_attention_give_the_same_gradients(config: str) -> No
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name, grad in grads[0].items():
         torch.testing.assert_close(grad, grads[1][name], atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+
+def _record_in_place(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each residual add from now on wrote into the sublayer's output (True) or made a new tensor."""
+    in_place: list[bool] = []
+    add = blocks.block._residual_add
+
+    def recording(resid: torch.Tensor, out: torch.Tensor, *rest: object) -> torch.Tensor:
+        total = add(resid, out, *rest)
+        in_place.append(total is out)
+        return total
+
+    monkeypatch.setattr(blocks.block, "_residual_add", recording)
+    return in_place
+
+
+@pytest.mark.parametrize("config", ["ln_relu", "attn_only"])
+def test_residual_adds_in_place_give_the_same_bits(config: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = make_model(**CONFIGS[config])
+    tokens = tokens_for(model)
+    in_place = _record_in_place(monkeypatch)
+    with torch.no_grad():
+        fast = model(tokens)
+        assert len(in_place) == model.cfg.n_layers * (1 if model.cfg.attn_only else 2) and all(in_place)
+        in_place.clear()
+        handle = torch.nn.modules.module.register_module_forward_hook(lambda *_: None)  # someone may keep outputs
+        try:
+            plain = model(tokens)
+        finally:
+            handle.remove()
+    assert in_place and not any(in_place)
+    assert torch.equal(fast, plain)
+    assert torch.equal(fast, model(tokens))  # with gradients: new tensors
+
+
+def test_residual_adds_never_overwrite_a_tensor_someone_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = make_model()
+    tokens = tokens_for(model)
+    in_place = _record_in_place(monkeypatch)
+    with torch.no_grad():
+        # a cache of the sublayer outputs: the residual identities must hold exactly
+        names = [f"blocks.0.{n}" for n in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")]
+        _, c = model.run_with_cache(tokens, names=names)
+        assert torch.equal(c["blocks.0.hook_resid_mid"], c["blocks.0.hook_resid_pre"] + c["blocks.0.hook_attn_out"])
+        assert torch.equal(c["blocks.0.hook_resid_post"], c["blocks.0.hook_resid_mid"] + c["blocks.0.hook_mlp_out"])
+        assert in_place[:2] == [False, False] and all(in_place[2:])  # block 1 unlistened: in place
+        # a patch that returns its own tensor
+        patch = torch.randn(BATCH, POS, model.cfg.d_model)
+        kept = patch.clone()
+        with model.hooks(fwd=[("blocks.1.hook_mlp_out", lambda act, hook: patch)]):
+            model(tokens)
+        assert torch.equal(patch, kept)
+        # a plain torch forward hook on a sublayer
+        saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+        handle = model.blocks[1].attn.register_forward_hook(lambda mod, inputs, out: saved.append((out, out.clone())))
+        try:
+            model(tokens)
+        finally:
+            handle.remove()
+        assert torch.equal(*saved[0])
