@@ -205,3 +205,29 @@ def test_residual_adds_never_overwrite_a_tensor_someone_holds(monkeypatch: pytes
         finally:
             handle.remove()
         assert torch.equal(*saved[0])
+
+
+def test_vmap_and_jvp_through_the_model_without_gradients() -> None:
+    """torch.func transforms run the in-place residual adds on wrapped tensors: same values as plain calls."""
+    model = make_model(act_fn="gelu")
+    tokens = tokens_for(model)
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    W_E = params["embed.weight"]
+
+    def logits(weight: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(model, {**params, "embed.weight": weight}, (tokens,))
+
+    with torch.no_grad():
+        stacked = torch.stack([W_E, 1.5 * W_E])
+        batched = torch.func.vmap(logits)(stacked)
+        for i in range(2):
+            torch.testing.assert_close(batched[i], logits(stacked[i]), atol=1e-5, rtol=1e-5)
+        direction = torch.randn_like(W_E)
+        out, tangent = torch.func.jvp(logits, (W_E,), (direction,))
+        torch.testing.assert_close(out, logits(W_E), atol=1e-5, rtol=1e-5)
+        # the tangent against a float64 central difference of the same function
+        model.double()
+        params = {name: p.detach() for name, p in model.named_parameters()}
+        eps, W_E = 1e-5, params["embed.weight"]
+        expected = (logits(W_E + eps * direction.double()) - logits(W_E - eps * direction.double())) / (2 * eps)
+        torch.testing.assert_close(tangent.double(), expected, atol=1e-3, rtol=1e-3)
