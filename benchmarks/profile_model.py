@@ -61,6 +61,16 @@ def set_malloc(mode: str) -> None:
         mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD
 
 
+def onednn_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+
+
+def peak_gflops(matmul: Callable[[torch.Tensor, torch.Tensor], object]) -> float:
+    """GFLOP/s of `matmul` on two float32 2048 x 2048 matrices (median of 5): this machine's matmul peak."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    return 2 * 2048**3 / median_time(lambda: matmul(a, b), 5) / 1e9
+
+
 def matmul_flops(name: str, shapes: list) -> float:
     """FLOPs of one call from its input shapes ([M, K] x [N, K] for oneDNN's linear, [M, K] x [K, N] for mm, bmm per batch)."""
     if name == "mkldnn::_linear_pointwise":
@@ -158,10 +168,9 @@ def piece_costs(model: Transformer, tokens: torch.Tensor, rounds: int = 12) -> N
     cfg, rows = model.cfg, tokens.numel()
     per_layer = cfg.d_model * 3 * cfg.n_heads * cfg.d_head + cfg.n_heads * cfg.d_head * cfg.d_model + 2 * cfg.d_model * cfg.d_mlp
     flops = 2 * rows * (cfg.n_layers * per_layer + cfg.d_model * cfg.d_vocab)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    peak = 2 * 2048**3 / median_time(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""), 5)
-    print(f"linear maps: {flops / 1e9:.1f} GFLOP a forward, {flops / peak * 1e3:.0f} ms at the oneDNN peak "
-          f"measured now ({peak / 1e9:.0f} GFLOP/s on 2048^3)")
+    peak = peak_gflops(onednn_matmul)
+    print(f"linear maps: {flops / 1e9:.1f} GFLOP a forward, {flops / peak / 1e6:.0f} ms at the oneDNN peak "
+          f"measured now ({peak:.0f} GFLOP/s on 2048^3)")
     print(f"the forward with one piece left out, medians of {rounds} interleaved rounds:")
     print("| left out | ms a forward | its cost, ms |")
     print("|---|---|---|")
@@ -266,9 +275,7 @@ def main() -> None:
     for _ in range(4):
         call()
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    peak_mkl = 2 * 2048**3 / median_time(lambda: a @ b, 5) / 1e9
-    peak_dnn = 2 * 2048**3 / median_time(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""), 5) / 1e9
+    peak_mkl, peak_dnn = peak_gflops(torch.matmul), peak_gflops(onednn_matmul)
     attention = attention_times(cfg)
     what = "training step" if args.train else "plain forward"
     print(f"{args.layers}L d{args.d_model} {args.heads}h, {what}, malloc {args.malloc}, {torch.get_num_threads()} threads")
