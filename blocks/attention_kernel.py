@@ -56,7 +56,9 @@ def causal_attention(
 ) -> Float[Tensor, "batch pos n_heads d_head"]:
     """Each position's mix of the values at it and before it, weighted by softmax(q . k / sqrt(d_head))."""
     if _kernel_applies(q, k, v):
-        return _KernelAttention.apply(q, k, v)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            return _KernelAttention.apply(q, k, v)
+        return _forward(q, k, v, with_lse=False)[0]  # nothing will ask for a backward
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # SDPA's layout: [batch, n_heads, pos, d_head]
     if forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active():
         # torch's CPU flash kernel has no forward-mode derivative and no vmap rule; its math backend has both
@@ -217,15 +219,16 @@ def _ptr(t: Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr())
 
 
-def _forward(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+def _forward(q: Tensor, k: Tensor, v: Tensor, with_lse: bool = True) -> tuple[Tensor, Tensor | None]:
+    """out, and each row's log-sum-exp (what the backward needs) unless `with_lse` is False."""
     batch, n_pos, n_heads, d_head = q.shape
     for name, t in (("k", k), ("v", v)):
         if t.shape != q.shape:
             raise ValueError(f"q has shape {tuple(q.shape)} but {name} has {tuple(t.shape)}; they must match")
     out = q.new_empty(batch, n_pos, n_heads, d_head)
-    lse = q.new_empty(batch, n_heads, n_pos)
+    lse = q.new_empty(batch, n_heads, n_pos) if with_lse else None
     _run(
-        "causal_attention_forward", _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse),
+        "causal_attention_forward", _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse) if lse is not None else None,
         _strides(q), _strides(k), _strides(v), _strides(out), batch, n_heads, n_pos, d_head, 1 / math.sqrt(d_head),
     )  # fmt: skip
     return out, lse

@@ -16,8 +16,10 @@
 
 namespace {
 
+// One (batch, head) task. With `next`, the rows of the task after it (q, k, v) are asked for a block at a time, so
+// that they are in cache when it starts; lse may be null (no gradient will be taken).
 void forward_head(Rows q, Rows k, Rows v, float* out, int64_t out_stride, float* lse, int64_t n_pos, int64_t d_head,
-                  float scale, float* scratch) {
+                  float scale, float* scratch, const Rows* next) {
     const int64_t tp = padded(n_pos);
     float* kt = scratch;               // [d_head, tp]
     float* s = kt + d_head * tp;       // [R, tp]
@@ -26,18 +28,15 @@ void forward_head(Rows q, Rows k, Rows v, float* out, int64_t out_stride, float*
     pack_transposed(k, n_pos, d_head, tp, kt);
     for (int64_t i0 = 0; i0 < n_pos; i0 += R) {
         const int64_t rows = block_rows(n_pos, i0), n_keys = i0 + rows;
+        if (next)
+            for (int w = 0; w < 3; w++) prefetch_rows(next[w], i0, rows, d_head);
         pack_block(q, i0, rows, d_head, scale, xb);
         rows_times_packed(xb, d_head, kt, tp, n_vectors(n_keys), s, tp);
-        float inv[R] = {};
-        for (int64_t r = 0; r < R; r++) {
-            if (r < rows) {
-                float m;
-                const float total = exp_row(s + r * tp, i0 + r, tp, 0.0f, &m);
-                inv[r] = 1.0f / total;
-                lse[i0 + r] = m + std::log(total);
-            } else {
-                std::memset(s + r * tp, 0, sizeof(float) * tp);
-            }
+        float m[R], total[R], inv[R] = {};
+        exp_block(s, tp, i0, rows, padded(n_keys), nullptr, m, total);  // the products below read keys < n_keys
+        for (int64_t r = 0; r < rows; r++) {
+            inv[r] = 1.0f / total[r];
+            if (lse) lse[i0 + r] = m[r] + std::log(total[r]);
         }
         weights_times_rows(s, tp, 1, 0, n_keys, v, d_head, ob, d_head);
         for (int64_t r = 0; r < rows; r++) store_rows(ob + r * d_head, 1, d_head, inv[r], out + (i0 + r) * out_stride, out_stride);
@@ -67,15 +66,15 @@ void backward_head(Rows q, Rows k, Rows v, Rows out, Rows grad_out, const float*
         rows_times_packed(xb, d_head, kt, tp, n_vec, p + i0 * tp, tp);
         pack_block(grad_out, i0, rows, d_head, 1.0f, xb);
         rows_times_packed(xb, d_head, vt, tp, n_vec, ds + i0 * tp, tp);  // grad of the probabilities
+        float sums[R];
+        exp_block(p + i0 * tp, tp, i0, rows, tp, lse + i0, nullptr, sums);
         for (int64_t r = 0; r < R; r++) {
-            float* pr = p + (i0 + r) * tp;
             float* dr = ds + (i0 + r) * tp;
             if (r >= rows) {
-                std::memset(pr, 0, sizeof(float) * tp);
                 std::memset(dr, 0, sizeof(float) * tp);
                 continue;
             }
-            exp_row(pr, i0 + r, tp, lse[i0 + r], nullptr);
+            const float* pr = p + (i0 + r) * tp;
             const v16 d = splat(delta[i0 + r]);
             for (int64_t jv = 0; jv < n_vec; jv++) vstore(dr + 16 * jv, vload(pr + 16 * jv) * (vload(dr + 16 * jv) - d));
             std::memset(dr + 16 * n_vec, 0, sizeof(float) * (tp - 16 * n_vec));  // never written: may hold NaN
@@ -108,15 +107,17 @@ int64_t backward_scratch(int64_t n_pos, int64_t d_head) {
 // returns 0, or 1 if out of memory.
 extern "C" {
 
-// out: [batch, pos, n_heads, d_head] with strides os; lse: [batch, n_heads, pos], contiguous.
+// out: [batch, pos, n_heads, d_head] with strides os; lse: [batch, n_heads, pos], contiguous, or null.
 int causal_attention_forward(const float* q, const float* k, const float* v, float* out, float* lse, const int64_t* qs,
                              const int64_t* ks, const int64_t* vs, const int64_t* os, int64_t batch, int64_t n_heads,
                              int64_t n_pos, int64_t d_head, float scale) {
     const Strides sq = strides(qs), sk = strides(ks), sv = strides(vs), so = strides(os);
     return for_each_task(batch * n_heads, forward_scratch(n_pos, d_head), [&](int64_t t, float* scratch) {
-        const int64_t b = t / n_heads, h = t % n_heads;
+        const int64_t b = t / n_heads, h = t % n_heads, nb = (t + 1) / n_heads, nh = (t + 1) % n_heads;
+        const Rows next[3] = {head_rows(q, sq, nb, nh), head_rows(k, sk, nb, nh), head_rows(v, sv, nb, nh)};
         forward_head(head_rows(q, sq, b, h), head_rows(k, sk, b, h), head_rows(v, sv, b, h), out + b * so.batch + h * so.head,
-                     so.pos, lse + t * n_pos, n_pos, d_head, scale, scratch);
+                     so.pos, lse ? lse + t * n_pos : nullptr, n_pos, d_head, scale, scratch,
+                     t + 1 < batch * n_heads ? next : nullptr);
     });
 }
 

@@ -1,12 +1,14 @@
 // Shared pieces of this folder's kernels: 16-float vectors, a vector exp, register transposes, the two
-// register-blocked products, and the OpenMP loop over tasks. GCC vector extensions: built with -march=native
-// they compile to AVX-512 or AVX2. Everything is inline in an anonymous namespace: each kernel file has its copy.
+// register-blocked products, and the OpenMP loop over tasks. GCC vector extensions, and two AVX-512 intrinsics in
+// vexp: built with -march=native on an AVX-512 CPU (blocks/kernel_library.py builds nowhere else). Everything is
+// inline in an anonymous namespace: each kernel file has its copy.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <immintrin.h>
 
 namespace {
 
@@ -25,11 +27,12 @@ inline void vstore(float* p, v16 x) { std::memcpy(p, &x, sizeof x); }
 inline v16 splat(float a) { return v16{a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
 const v16i IOTA = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
-// exp(x) for x <= 0: Cephes' expf polynomial (relative error about 1e-7); below -87 it gives exp(-87).
+// exp(x) for x <= 0: Cephes' expf polynomial (relative error about 1e-7) on x - n ln 2, times 2^n by one vscalefps;
+// below -87 it gives exp(-87) (the least normal float's order: no denormals reach the products).
 inline v16 vexp(v16 x) {
-    x = x < splat(-87.0f) ? splat(-87.0f) : x;
-    v16 n = (x * splat(1.44269504088896341f) + splat(12582912.0f)) - splat(12582912.0f);  // round(x / ln 2)
-    v16 r = x - n * splat(0.693359375f) + n * splat(2.12194440e-4f);
+    x = (v16)_mm512_max_ps((__m512)splat(-87.0f), (__m512)x);  // one instruction; a NaN in x stays NaN
+    const v16 n = (x * splat(1.44269504088896341f) + splat(12582912.0f)) - splat(12582912.0f);  // round(x / ln 2)
+    const v16 r = x - n * splat(0.693359375f) + n * splat(2.12194440e-4f);
     v16 p = splat(1.9875691500e-4f);
     p = p * r + splat(1.3981999507e-3f);
     p = p * r + splat(8.3334519073e-3f);
@@ -37,8 +40,7 @@ inline v16 vexp(v16 x) {
     p = p * r + splat(1.6666665459e-1f);
     p = p * r + splat(5.0000001201e-1f);
     p = p * r * r + r + splat(1.0f);
-    v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;  // 2^n
-    return p * (v16)bits;
+    return (v16)_mm512_scalef_ps((__m512)p, (__m512)n);
 }
 
 inline v16 swap(v16 x, int k) {  // exchange neighbouring groups of k lanes
@@ -97,6 +99,12 @@ inline void pack_block(Rows x, int64_t i0, int64_t rows, int64_t d_head, float s
         for (int64_t e = 0; e < d_head; e++) xb[r * d_head + e] = r < rows ? scale * x.p[(i0 + r) * x.stride + e] : 0.0f;
 }
 
+// Asks for rows [i0, i0 + rows) of x (d_head floats each) to be brought into cache ahead of use.
+inline void prefetch_rows(Rows x, int64_t i0, int64_t rows, int64_t d_head) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t e = 0; e < d_head; e += 16) __builtin_prefetch(x.p + (i0 + r) * x.stride + e, 0, 3);
+}
+
 // out[r, 16 * jv + l] for V column vectors from jv: each packed column vector is loaded once per e for all R rows
 template <int V>
 inline void rows_times_columns(const float* xb, int64_t d_head, const float* yt, int64_t tp, int64_t jv, float* out, int64_t out_stride) {
@@ -152,28 +160,49 @@ inline void store_rows(const float* ob, int64_t rows, int64_t d_head, float scal
         for (int64_t e = 0; e < d_head; e += 16) vstore(dst + r * dst_stride + e, vload(ob + r * d_head + e) * splat(scale));
 }
 
-// Row i of s holds scores for keys 0..i (and junk after): becomes exp(score - shift) there and 0 after, up to tp.
-// Returns the sum of the kept exponentials. With max_out, the shift is the row's maximum, stored there.
-inline float exp_row(float* s, int64_t i, int64_t tp, float shift, float* max_out) {
-    const int64_t n_vec = n_vectors(i + 1);
-    const int32_t count = static_cast<int32_t>(i + 1);
-    if (max_out) {
-        v16 m = splat(-INFINITY);
-        for (int64_t jv = 0; jv < n_vec; jv++) {
-            v16 x = vload(s + 16 * jv);
-            m = ((IOTA + static_cast<int32_t>(16 * jv) < count) & (x > m)) ? x : m;
+// The first `rows` rows of the [R, tp] block s, row r holding scores for keys 0..i0 + r (and junk after): each
+// becomes exp(score - shift[r]) there and 0 after, up to `width` (a multiple of 16); rows from `rows` to R become 0
+// up to width. With max_out, shift[r] is instead the row's maximum, stored in max_out[r]. sum_out[r] gets the row's sum.
+// One pass over the block, not a call per row: a row holds 4.5 vectors on average at 128 positions, so per-row
+// set-up (constants, calls, memset) cost nearly half as much as the exponentials themselves.
+inline void exp_block(float* s, int64_t tp, int64_t i0, int64_t rows, int64_t width, const float* shift, float* max_out,
+                      float* sum_out) {
+    for (int64_t r = 0; r < rows; r++) {
+        float* row = s + r * tp;
+        const int64_t count = i0 + r + 1, full = count / 16, n_vec = n_vectors(count);
+        const v16i tail = IOTA < static_cast<int32_t>(count - 16 * full);  // kept lanes of the last, partial vector
+        float m;
+        if (max_out) {
+            v16 mv = splat(-INFINITY);
+            for (int64_t jv = 0; jv < full; jv++) {
+                const v16 x = vload(row + 16 * jv);
+                mv = x > mv ? x : mv;
+            }
+            if (full < n_vec) {
+                const v16 x = vload(row + 16 * full);
+                mv = (tail & (x > mv)) ? x : mv;
+            }
+            m = max_out[r] = hmax(mv);
+        } else {
+            m = shift[r];
         }
-        shift = *max_out = hmax(m);
+        const v16 mv = splat(m);
+        v16 sum = splat(0.0f);
+        for (int64_t jv = 0; jv < full; jv++) {
+            const v16 p = vexp(vload(row + 16 * jv) - mv);
+            vstore(row + 16 * jv, p);
+            sum += p;
+        }
+        if (full < n_vec) {
+            const v16 p = tail ? vexp(vload(row + 16 * full) - mv) : splat(0.0f);
+            vstore(row + 16 * full, p);
+            sum += p;
+        }
+        for (int64_t j = 16 * n_vec; j < width; j += 16) vstore(row + j, splat(0.0f));
+        sum_out[r] = hsum(sum);
     }
-    v16 sum = splat(0.0f);
-    for (int64_t jv = 0; jv < n_vec; jv++) {
-        v16 p = vexp(vload(s + 16 * jv) - shift);
-        p = IOTA + static_cast<int32_t>(16 * jv) < count ? p : splat(0.0f);
-        vstore(s + 16 * jv, p);
-        sum += p;
-    }
-    std::memset(s + 16 * n_vec, 0, sizeof(float) * (tp - 16 * n_vec));
-    return hsum(sum);
+    for (int64_t r = rows; r < R; r++)
+        for (int64_t j = 0; j < width; j += 16) vstore(s + r * tp + j, splat(0.0f));
 }
 
 struct Strides {

@@ -62,11 +62,44 @@ def test_values_and_gradients_match_the_explicit_attention(shape: tuple[int, int
 @needs_kernel
 def test_the_kernel_runs_and_takes_any_strides_of_the_last_axis_contiguous(monkeypatch: pytest.MonkeyPatch) -> None:
     calls, original = [], ak._forward
-    monkeypatch.setattr(ak, "_forward", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(ak, "_forward", lambda *a, **kw: calls.append(1) or original(*a, **kw))
     base = torch.randn(2, 4, 11, 32)  # [batch, n_heads, pos, d_head], permuted into [batch, pos, n_heads, d_head]
     q, k, v = (base.roll(i, 1).permute(0, 2, 1, 3) for i in range(3))
     torch.testing.assert_close(ak.causal_attention(q, k, v), explicit(q, k, v), atol=2e-6, rtol=1e-5)
     assert calls == [1]
+
+
+@needs_kernel
+def test_scores_far_apart_and_a_nan_query_behave_as_in_the_explicit_attention() -> None:
+    """Score gaps past 87 (where the kernel's exp clamps) give the same weights; a NaN query spoils its row only."""
+    qkv = packed_qkv((2, 40, 2, 32)) * torch.tensor([12.0, 12.0, 1.0]).view(1, 1, 3, 1, 1)  # scores spread over hundreds
+    qkv[1, 17, 0, 1, 3] = float("nan")
+    reference = explicit(*qkv.double().unbind(2)).float()
+    scores = masked_scores(qkv[:, :, 0].double(), qkv[:, :, 1].double())
+    gaps = scores.amax(-1, keepdim=True) - scores.masked_fill(scores.isinf(), float("nan"))
+    assert gaps.nan_to_num(0).amax() > 200  # the clamp is exercised
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            got = ak.causal_attention(*qkv.clone().requires_grad_(grad).unbind(2)).detach()
+        # scores in the hundreds carry float32 rounding of about 1e-4 into the weights: a wrong clamp would be far off
+        torch.testing.assert_close(got, reference, atol=1e-4, rtol=1e-3, equal_nan=True)
+        assert got[1, 17, 1].isnan().all() and got.isnan().sum() == 32
+
+
+@needs_kernel
+def test_without_gradients_the_kernel_skips_the_log_sum_exp_and_gives_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    lse_asked, original = [], ak._forward
+    monkeypatch.setattr(ak, "_forward", lambda *a, **kw: lse_asked.append(kw.get("with_lse", True)) or original(*a, **kw))
+    qkv = packed_qkv((3, 37, 2, 32))
+    with torch.no_grad():
+        plain = ak.causal_attention(*qkv.unbind(2))
+    with_grad = ak.causal_attention(*qkv.requires_grad_().unbind(2))
+    assert lse_asked == [False, True]
+    assert torch.equal(plain, with_grad.detach())
+    out, lse = original(*qkv.detach().unbind(2))  # the log-sum-exp the backward uses, against its definition
+    scores = torch.einsum("bqhd,bkhd->bhqk", qkv[:, :, 0].detach(), qkv[:, :, 1].detach()) / math.sqrt(32)
+    scores = scores.masked_fill(torch.ones(37, 37, dtype=torch.bool).triu(1), float("-inf"))
+    torch.testing.assert_close(lse, scores.logsumexp(-1), atol=1e-5, rtol=1e-5)
 
 
 @needs_kernel
@@ -96,7 +129,7 @@ def test_one_thread_and_two_give_the_same_bits(torch_threads) -> None:
     ["d_head not a multiple of 16", "float64", "switched off", "last axis strided", "too long for the backward"],
 )
 def test_sdpa_is_used_where_the_kernel_does_not_apply(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ak, "_forward", lambda *a: pytest.fail("the kernel ran"))
+    monkeypatch.setattr(ak, "_forward", lambda *a, **kw: pytest.fail("the kernel ran"))
     shape = {"d_head not a multiple of 16": (2, 9, 2, 8), "too long for the backward": (1, ak.MAX_POS_WITH_GRAD + 1, 1, 16)}
     qkv = packed_qkv(shape.get(case, (2, 9, 2, 16)))
     if case == "float64":
@@ -112,7 +145,7 @@ def test_sdpa_is_used_where_the_kernel_does_not_apply(case: str, monkeypatch: py
 
 
 def test_vmap_and_forward_mode_tangents_take_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ak, "_forward", lambda *a: pytest.fail("the kernel ran"))
+    monkeypatch.setattr(ak, "_forward", lambda *a, **kw: pytest.fail("the kernel ran"))
     q, k, v = packed_qkv((3, 9, 2, 16)).unbind(2)
     batched = torch.func.vmap(lambda q, k, v: ak.causal_attention(q[None], k[None], v[None])[0])(q, k, v)
     torch.testing.assert_close(batched, explicit(q, k, v), atol=2e-6, rtol=1e-5)
