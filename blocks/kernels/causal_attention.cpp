@@ -113,11 +113,13 @@ int causal_attention_forward(const float* q, const float* k, const float* v, flo
                              int64_t n_pos, int64_t d_head, float scale) {
     const Strides sq = strides(qs), sk = strides(ks), sv = strides(vs), so = strides(os);
     return for_each_task(batch * n_heads, forward_scratch(n_pos, d_head), [&](int64_t t, float* scratch) {
-        const int64_t b = t / n_heads, h = t % n_heads, nb = (t + 1) / n_heads, nh = (t + 1) % n_heads;
+        const int64_t b = t / n_heads, h = t % n_heads;
+        const bool has_next = t + 1 < batch * n_heads;
+        const int64_t u = has_next ? t + 1 : t, nb = u / n_heads, nh = u % n_heads;  // never past the end
         const Rows next[3] = {head_rows(q, sq, nb, nh), head_rows(k, sk, nb, nh), head_rows(v, sv, nb, nh)};
         forward_head(head_rows(q, sq, b, h), head_rows(k, sk, b, h), head_rows(v, sv, b, h), out + b * so.batch + h * so.head,
                      so.pos, lse ? lse + t * n_pos : nullptr, n_pos, d_head, scale, scratch,
-                     t + 1 < batch * n_heads ? next : nullptr);
+                     has_next ? next : nullptr);
     });
 }
 

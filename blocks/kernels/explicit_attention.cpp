@@ -89,10 +89,12 @@ int causal_scores(const float* q, const float* k, float* scores, const int64_t* 
                   int64_t n_heads, int64_t n_pos, int64_t d_head, float scale) {
     const Strides sq = strides(qs), sk = strides(ks);
     return for_each_task(batch * n_heads, scores_scratch(n_pos, d_head), [&](int64_t t, float* scratch) {
-        const int64_t b = t / n_heads, h = t % n_heads, nb = (t + 1) / n_heads, nh = (t + 1) % n_heads;
+        const int64_t b = t / n_heads, h = t % n_heads;
+        const bool has_next = t + 1 < batch * n_heads;
+        const int64_t u = has_next ? t + 1 : t, nb = u / n_heads, nh = u % n_heads;  // never past the end
         const Rows next[2] = {head_rows(q, sq, nb, nh), head_rows(k, sk, nb, nh)};
         scores_head(head_rows(q, sq, b, h), head_rows(k, sk, b, h), scores + t * n_pos * n_pos, n_pos,
-                    d_head, scale, scratch, t + 1 < batch * n_heads ? next : nullptr);
+                    d_head, scale, scratch, has_next ? next : nullptr);
     });
 }
 
@@ -102,9 +104,11 @@ int pattern_times_values(const float* pattern, const float* v, float* z, const i
     const Strides sv = strides(vs), sz = strides(zs);
     return for_each_task(batch * n_heads, R * n_pos, [&](int64_t t, float* scratch) {
         const int64_t b = t / n_heads, h = t % n_heads;
-        const Rows next = head_rows(v, sv, (t + 1) / n_heads, (t + 1) % n_heads);
+        const bool has_next = t + 1 < batch * n_heads;
+        const int64_t u = has_next ? t + 1 : t;  // never past the end
+        const Rows next = head_rows(v, sv, u / n_heads, u % n_heads);
         pattern_head(pattern + t * n_pos * n_pos, head_rows(v, sv, b, h), z + b * sz.batch + h * sz.head, sz.pos, n_pos, d_head,
-                     scratch, t + 1 < batch * n_heads ? &next : nullptr);
+                     scratch, has_next ? &next : nullptr);
     });
 }
 
