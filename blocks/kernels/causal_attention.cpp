@@ -16,8 +16,8 @@
 
 namespace {
 
-// One (batch, head) task. With `next`, the rows of the task after it (q, k, v) are asked for a block at a time, so
-// that they are in cache when it starts; lse may be null (no gradient will be taken).
+// One (batch, head) task. The rows of the task after it (next: q, k, v) are asked for a block at a time, so that
+// they are in cache when it starts; lse may be null (no gradient will be taken).
 void forward_head(Rows q, Rows k, Rows v, float* out, int64_t out_stride, float* lse, int64_t n_pos, int64_t d_head,
                   float scale, float* scratch, const Rows* next) {
     const int64_t tp = padded(n_pos);
@@ -28,8 +28,7 @@ void forward_head(Rows q, Rows k, Rows v, float* out, int64_t out_stride, float*
     pack_transposed(k, n_pos, d_head, tp, kt);
     for (int64_t i0 = 0; i0 < n_pos; i0 += R) {
         const int64_t rows = block_rows(n_pos, i0), n_keys = i0 + rows;
-        if (next)
-            for (int w = 0; w < 3; w++) prefetch_rows(next[w], i0, rows, d_head);
+        for (int w = 0; w < 3; w++) prefetch_rows(next[w], i0, rows, d_head);
         pack_block(q, i0, rows, d_head, scale, xb);
         rows_times_packed(xb, d_head, kt, tp, n_vectors(n_keys), s, tp);
         float m[R], total[R], inv[R] = {};
@@ -114,12 +113,10 @@ int causal_attention_forward(const float* q, const float* k, const float* v, flo
     const Strides sq = strides(qs), sk = strides(ks), sv = strides(vs), so = strides(os);
     return for_each_task(batch * n_heads, forward_scratch(n_pos, d_head), [&](int64_t t, float* scratch) {
         const int64_t b = t / n_heads, h = t % n_heads;
-        const bool has_next = t + 1 < batch * n_heads;
-        const int64_t u = has_next ? t + 1 : t, nb = u / n_heads, nh = u % n_heads;  // never past the end
+        const int64_t u = task_after(t, batch * n_heads), nb = u / n_heads, nh = u % n_heads;
         const Rows next[3] = {head_rows(q, sq, nb, nh), head_rows(k, sk, nb, nh), head_rows(v, sv, nb, nh)};
         forward_head(head_rows(q, sq, b, h), head_rows(k, sk, b, h), head_rows(v, sv, b, h), out + b * so.batch + h * so.head,
-                     so.pos, lse ? lse + t * n_pos : nullptr, n_pos, d_head, scale, scratch,
-                     has_next ? next : nullptr);
+                     so.pos, lse ? lse + t * n_pos : nullptr, n_pos, d_head, scale, scratch, next);
     });
 }
 

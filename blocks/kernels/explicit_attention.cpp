@@ -9,7 +9,7 @@
 namespace {
 
 // scores[i, j] = scale * q[i] . k[j] for j <= i, -inf after (row stride n_pos): the explicit path's masked scores.
-// With `next`, the next task's q and k rows are asked for into L2 a block at a time (as in causal_attention.cpp).
+// The next task's q and k rows (next) are asked for into L2 a block at a time (as in causal_attention.cpp).
 void scores_head(Rows q, Rows k, float* scores, int64_t n_pos, int64_t d_head, float scale, float* scratch, const Rows* next) {
     const int64_t tp = padded(n_pos);
     float* kt = scratch;          // [d_head, tp]
@@ -18,8 +18,7 @@ void scores_head(Rows q, Rows k, float* scores, int64_t n_pos, int64_t d_head, f
     pack_transposed(k, n_pos, d_head, tp, kt);
     for (int64_t i0 = 0; i0 < n_pos; i0 += R) {
         const int64_t rows = block_rows(n_pos, i0);
-        if (next)
-            for (int w = 0; w < 2; w++) prefetch_rows(next[w], i0, rows, d_head);
+        for (int w = 0; w < 2; w++) prefetch_rows(next[w], i0, rows, d_head);
         pack_block(q, i0, rows, d_head, scale, xb);
         rows_times_packed(xb, d_head, kt, tp, n_vectors(i0 + rows), s, tp);
         for (int64_t r = 0; r < rows; r++) {
@@ -46,12 +45,12 @@ int64_t nonzero_end(const float* row, int64_t from, int64_t to) {
 
 // z[i] = sum_j pattern[i, j] v[j] for one head: keys past the last non-zero weight of each block of rows are skipped
 // (a causal pattern is exactly 0 above the diagonal; a patched one may not be, and is then multiplied in full).
-// With `next`, the next task's value rows are asked for into L2 a block at a time.
+// The next task's value rows (next) are asked for into L2 a block at a time.
 void pattern_head(const float* pattern, Rows v, float* z, int64_t z_stride, int64_t n_pos, int64_t d_head, float* pb,
-                  const Rows* next) {
+                  Rows next) {
     for (int64_t i0 = 0; i0 < n_pos; i0 += R) {
         const int64_t rows = block_rows(n_pos, i0);
-        if (next) prefetch_rows(*next, i0, rows, d_head);
+        prefetch_rows(next, i0, rows, d_head);
         int64_t n_keys = i0 + rows;  // past the diagonal, the weights are checked for being all 0
         for (int64_t r = 0; r < rows; r++) n_keys = nonzero_end(pattern + (i0 + r) * n_pos, n_keys, n_pos);
         const float* a = pattern + i0 * n_pos;
@@ -90,11 +89,10 @@ int causal_scores(const float* q, const float* k, float* scores, const int64_t* 
     const Strides sq = strides(qs), sk = strides(ks);
     return for_each_task(batch * n_heads, scores_scratch(n_pos, d_head), [&](int64_t t, float* scratch) {
         const int64_t b = t / n_heads, h = t % n_heads;
-        const bool has_next = t + 1 < batch * n_heads;
-        const int64_t u = has_next ? t + 1 : t, nb = u / n_heads, nh = u % n_heads;  // never past the end
+        const int64_t u = task_after(t, batch * n_heads), nb = u / n_heads, nh = u % n_heads;
         const Rows next[2] = {head_rows(q, sq, nb, nh), head_rows(k, sk, nb, nh)};
         scores_head(head_rows(q, sq, b, h), head_rows(k, sk, b, h), scores + t * n_pos * n_pos, n_pos,
-                    d_head, scale, scratch, has_next ? next : nullptr);
+                    d_head, scale, scratch, next);
     });
 }
 
@@ -104,11 +102,9 @@ int pattern_times_values(const float* pattern, const float* v, float* z, const i
     const Strides sv = strides(vs), sz = strides(zs);
     return for_each_task(batch * n_heads, R * n_pos, [&](int64_t t, float* scratch) {
         const int64_t b = t / n_heads, h = t % n_heads;
-        const bool has_next = t + 1 < batch * n_heads;
-        const int64_t u = has_next ? t + 1 : t;  // never past the end
-        const Rows next = head_rows(v, sv, u / n_heads, u % n_heads);
+        const int64_t u = task_after(t, batch * n_heads);
         pattern_head(pattern + t * n_pos * n_pos, head_rows(v, sv, b, h), z + b * sz.batch + h * sz.head, sz.pos, n_pos, d_head,
-                     scratch, has_next ? &next : nullptr);
+                     scratch, head_rows(v, sv, u / n_heads, u % n_heads));
     });
 }
 

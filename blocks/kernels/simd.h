@@ -175,16 +175,16 @@ inline void exp_block(float* s, int64_t tp, int64_t i0, int64_t rows, int64_t wi
         const v16i tail = IOTA < static_cast<int32_t>(count - 16 * full);  // kept lanes of the last, partial vector
         float m;
         if (max_out) {
-            v16 mv = splat(-INFINITY);
+            v16 best = splat(-INFINITY);
             for (int64_t jv = 0; jv < full; jv++) {
                 const v16 x = vload(row + 16 * jv);
-                mv = x > mv ? x : mv;
+                best = x > best ? x : best;
             }
             if (full < n_vec) {
                 const v16 x = vload(row + 16 * full);
-                mv = (tail & (x > mv)) ? x : mv;
+                best = (tail & (x > best)) ? x : best;
             }
-            m = max_out[r] = hmax(mv);
+            m = max_out[r] = hmax(best);
         } else {
             m = shift[r];
         }
@@ -212,6 +212,10 @@ struct Strides {
 };
 
 inline Rows head_rows(const float* base, const Strides& s, int64_t b, int64_t h) { return {base + b * s.batch + h * s.head, s.pos}; }
+
+// The task whose rows task t prefetches: the next one, or t itself for the last (its rows are in cache already,
+// and no pointer is formed past the end of the tensors).
+inline int64_t task_after(int64_t t, int64_t n_tasks) { return t + 1 < n_tasks ? t + 1 : t; }
 
 // Runs task(t, scratch) for t < n_tasks on torch's OpenMP threads, each thread with its own scratch of
 // scratch_floats. Returns 0, or 1 if a thread could not get its scratch (then nothing is trusted).
