@@ -7,7 +7,7 @@ comes from the probes library or from the run's own files.
 
 import streamlit as st
 
-from blocks.runtime import keep_freed_memory
+from blocks.fast import keep_freed_memory
 from views.common import STATE_KEYS
 
 keep_freed_memory()  # idempotent; see blocks/runtime.py

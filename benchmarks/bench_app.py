@@ -25,7 +25,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from blocks import Transformer
-from blocks.saving import save_tensors
+from blocks.weights import save_tensors
 from blocks.tasks import get_task
 
 REPO = Path(__file__).resolve().parent.parent

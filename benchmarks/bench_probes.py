@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 
 from blocks import Transformer, TransformerConfig
-from blocks.runtime import keep_freed_memory
+from blocks.fast import keep_freed_memory
 from blocks.tasks import get_task
 from probes.activation_patching import logit_diff_metric, patch_heads_by_pos
 from probes.information_flow import information_flow
@@ -55,7 +55,7 @@ def main() -> None:
     flow_s = median_time(lambda: information_flow(flow_model, prompt), args.repeats)
 
     if args.run:
-        from blocks.runs import load_run
+        from blocks.training.runs import load_run
 
         model = load_run(args.run).model
     else:

@@ -1,8 +1,12 @@
-"""Weights and configs to and from TransformerLens's HookedTransformer format.
+"""Weights and configs to and from TransformerLens's HookedTransformer format, and from our own earlier layout.
 
 The community's toy models (attention-only and GELU models of 1 to 4 layers) are published
 in that format, so a person can load one here and compare caches name by name. Only the
 configurations this sandbox builds are accepted; anything else raises naming the field.
+
+Runs saved before the model was built from scratchnn's Linear modules stored the attention,
+MLP and unembedding weights under TransformerLens's names and orientation;
+`load_state_dict` recognises that layout and upgrades it, so old runs still load.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import torch
 from torch import Tensor
 
 from blocks.config import TransformerConfig
-from blocks.saving import check_state_dict
 from blocks.transformer import Transformer
+from blocks.weights import check_state_dict, load_tensors
+from scratchnn import LayerNorm
 
 # Buffers a HookedTransformer keeps in its state dict; we rebuild them, so they are skipped on import.
 _TL_BUFFERS = ("attn.mask", "attn.IGNORE")
@@ -58,17 +63,31 @@ TOY_MODELS: dict[str, str] = {
 }
 
 
-def _tl_key(ours: str) -> str:
-    """Our state-dict key -> TransformerLens's (LayerNorm weight/bias are w/b; embeddings are W_E/W_pos)."""
-    if ours == "embed.weight":
-        return "embed.W_E"
-    if ours == "pos_embed.weight":
-        return "pos_embed.W_pos"
-    for ln in ("ln1", "ln2", "ln_final"):
-        for long, short in (("weight", "w"), ("bias", "b")):
-            if ours.endswith(f"{ln}.{long}"):
-                return ours[: -len(long)] + short
-    return ours
+@torch.no_grad()
+def transformer_lens_views(model: Transformer) -> dict[str, Tensor]:
+    """Every weight of `model` under its TransformerLens name, as a view of our parameter (writing one writes the weight).
+
+    The attention's and MLP's weights are Linear weights here; their TransformerLens names are
+    the per-head (`attn.W_Q`, ...) and per-neuron (`mlp.W_in`, ...) views those modules expose.
+    """
+    views = {"embed.W_E": model.W_E, "pos_embed.W_pos": model.W_pos}
+    norms = [(f"blocks.{i}.ln1", block.ln1) for i, block in enumerate(model.blocks)]
+    for i, block in enumerate(model.blocks):
+        prefix = f"blocks.{i}."
+        views.update({f"{prefix}attn.{name}": getattr(block.attn, name) for name in _ATTENTION})
+        if not model.cfg.attn_only:
+            views.update({f"{prefix}mlp.{name}": getattr(block.mlp, name) for name in _MLP})
+            norms.append((f"{prefix}ln2", block.ln2))
+    norms.append(("ln_final", model.ln_final))
+    for name, norm in norms:
+        if isinstance(norm, LayerNorm):
+            views.update({f"{name}.w": norm.weight, f"{name}.b": norm.bias})
+    views.update({"unembed.W_U": model.W_U, "unembed.b_U": model.b_U})
+    return views
+
+
+_ATTENTION = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
+_MLP = ("W_in", "b_in", "W_out", "b_out")
 
 
 def to_transformer_lens(model: Transformer) -> dict[str, Tensor]:
@@ -77,7 +96,7 @@ def to_transformer_lens(model: Transformer) -> dict[str, Tensor]:
     The buffers are included so that `HookedTransformer.load_state_dict(..., strict=True)` accepts it.
     """
     _check_exportable(model.cfg)
-    state = {_tl_key(k): v.detach().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in transformer_lens_views(model).items()}
     mask = torch.ones(model.cfg.n_ctx, model.cfg.n_ctx, dtype=torch.bool).tril()
     for layer in range(model.cfg.n_layers):
         state[f"blocks.{layer}.attn.mask"] = mask.clone()
@@ -101,24 +120,61 @@ def from_transformer_lens(state_dict: dict[str, Tensor], cfg: TransformerConfig)
             "for a TransformerLens config dict use from_transformer_lens_config(...) first"
         )
     model = Transformer(cfg)
-    ours = {_tl_key(k): k for k in model.state_dict()}
-    state: dict[str, Tensor] = {}
-    unexpected: list[str] = []
-    for key, value in state_dict.items():
-        if key.endswith(_TL_BUFFERS):
-            continue
-        if key in ours:
-            state[ours[key]] = value.detach().to(torch.float32)
-        else:
-            unexpected.append(key)
-    if unexpected:
-        raise ValueError(
-            f"the TransformerLens state dict has keys this config has no place for: {sorted(unexpected)} "
-            f"(config: {cfg}); expected keys are {sorted(ours)}"
-        )
-    check_state_dict(model, state, source="TransformerLens state dict (our names)")
-    model.load_state_dict(state)
+    load_into_views(transformer_lens_views(model), state_dict, f"TransformerLens state dict (config: {cfg})", skip=_TL_BUFFERS)
     return model.eval()
+
+
+@torch.no_grad()
+def load_into_views(views: dict[str, Tensor], state: dict[str, Tensor], source: str, skip: tuple[str, ...] = ()) -> None:
+    """Copy each tensor of `state` into the view of the same name; one error lists missing, unexpected and misshapen keys."""
+    given = {k: v for k, v in state.items() if not k.endswith(skip)}
+    missing = sorted(set(views) - set(given))
+    extra = sorted(set(given) - set(views))
+    misshapen = [
+        f"{k}: {tuple(given[k].shape)} in the {source}, {tuple(v.shape)} in the model"
+        for k, v in views.items()
+        if k in given and given[k].shape != v.shape
+    ]
+    problems = [f"missing keys {missing}"] * bool(missing) + [f"unexpected keys {extra}"] * bool(extra)
+    problems += ["wrong shapes: " + "; ".join(misshapen)] * bool(misshapen)
+    if problems:
+        raise ValueError(f"the {source} does not match the model: " + "; ".join(problems))
+    for name, view in views.items():
+        view.copy_(given[name].to(torch.float32))
+
+
+def load_state_dict(model: Transformer, state: dict[str, Tensor], source: str = "state dict") -> None:
+    """Load `state` into `model` after checking every key and shape; a state dict in our earlier layout is upgraded first."""
+    if is_earlier_layout(state):
+        state = upgrade_state_dict(state, model.cfg, source)
+    check_state_dict(model, state, source)
+    model.load_state_dict(state)
+
+
+def is_earlier_layout(state: dict[str, Tensor]) -> bool:
+    """True for a state dict saved before the model was made of scratchnn's Linear modules (it has `unembed.W_U`)."""
+    return "unembed.W_U" in state
+
+
+def upgrade_state_dict(state: dict[str, Tensor], cfg: TransformerConfig, source: str = "state dict") -> dict[str, Tensor]:
+    """A state dict in our earlier layout (also any per-parameter tensors, such as Adam's moments) in today's.
+
+    The earlier layout is TransformerLens's but for the embeddings' and LayerNorms' names, so the
+    tensors go through TransformerLens's names into a model's views and come out as its parameters.
+    """
+    model = Transformer(cfg)
+    load_into_views(transformer_lens_views(model), {_earlier_to_tl(k): v for k, v in state.items()}, f"{source} (earlier layout)")
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _earlier_to_tl(key: str) -> str:
+    if key in ("embed.weight", "pos_embed.weight"):
+        return {"embed.weight": "embed.W_E", "pos_embed.weight": "pos_embed.W_pos"}[key]
+    for ln in ("ln1", "ln2", "ln_final"):
+        for long, short in (("weight", "w"), ("bias", "b")):
+            if key.endswith(f"{ln}.{long}"):
+                return key[: -len(long)] + short
+    return key
 
 
 def from_transformer_lens_config(tl_cfg: dict[str, Any]) -> TransformerConfig:
@@ -201,8 +257,6 @@ def load_transformer_lens_checkpoint(weights: str | Path, config: dict[str, Any]
     `config` is a TransformerLens config dict or the path of its JSON file.
     """
     import json
-
-    from blocks.saving import load_tensors
 
     if not isinstance(config, dict):
         config = json.loads(Path(config).read_text())

@@ -8,31 +8,32 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from blocks.block import TransformerBlock
+from blocks.block import TransformerBlock, layer_norm
 from blocks.cache import ActivationCache
 from blocks.config import TransformerConfig
-from blocks.embed import Embed, PosEmbed, Unembed
-from blocks.norm import HookedLayerNorm
-from scratchnn import HookedModule, HookPoint
+from scratchnn import Embedding, HookedModule, HookPoint, Linear
 
 
 class Transformer(HookedModule):
-    """Embeddings, `n_layers` TransformerBlocks, a final LayerNorm and the unembedding.
+    """Embeddings, `n_layers` TransformerBlocks, a final LayerNorm and the unembedding, all scratchnn modules.
 
     `forward(tokens)` returns logits. Read or change activations by name with
     `run_with_cache` and `with model.hooks(...)`; `hook_names()` lists the names.
+    The weights interpretability reads have their usual names: `W_E` [d_vocab, d_model],
+    `W_pos` [n_ctx, d_model], `W_U` [d_model, d_vocab] and `b_U` (the unembedding is a Linear,
+    weight [d_vocab, d_model]; `W_U` is its transposed view, so that x @ W_U reads left to right).
     """
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed = Embed(cfg.d_vocab, cfg.d_model, cfg.init_range)
+        self.embed = Embedding(cfg.d_vocab, cfg.d_model, init_std=cfg.init_range)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
-        self.pos_embed = PosEmbed(cfg.n_ctx, cfg.d_model, cfg.init_range)
+        self.pos_embed = Embedding(cfg.n_ctx, cfg.d_model, init_std=cfg.init_range)
         self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
-        self.ln_final = HookedLayerNorm(cfg.d_model) if cfg.normalization == "LN" else nn.Identity()
-        self.unembed = Unembed(cfg.d_model, cfg.d_vocab, cfg.init_range)
+        self.ln_final = layer_norm(cfg)
+        self.unembed = Linear(cfg.d_model, cfg.d_vocab, init_std=cfg.init_range)
         self.setup_hooks()
 
     @property
@@ -45,7 +46,11 @@ class Transformer(HookedModule):
 
     @property
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
-        return self.unembed.W_U
+        return self.unembed.weight.T
+
+    @property
+    def b_U(self) -> Float[Tensor, " d_vocab"]:
+        return self.unembed.bias
 
     def check_tokens(self, tokens: object) -> None:
         """Raise a clear error for anything that is not a [batch, pos] tensor of ids this model knows."""
@@ -67,8 +72,9 @@ class Transformer(HookedModule):
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
         self.check_tokens(tokens)
-        embed = self.hook_embed(self.embed.lookup(tokens))
-        pos = self.hook_pos_embed(self.pos_embed(tokens))
+        embed = self.hook_embed(self.embed(tokens))
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        pos = self.hook_pos_embed(self.pos_embed(positions).expand(tokens.shape[0], -1, -1))
         if self.cfg.positional == "shortformer":
             resid, qk_pos = embed, pos
         else:

@@ -48,7 +48,7 @@ def ov_circuit(model: Transformer, layer: int, head: int) -> Float[Tensor, "sour
     out = (x @ attn.W_V[head] + attn.b_V[head]) @ attn.W_O[head]
     if model.cfg.normalization == "LN":
         out = (out - out.mean(-1, keepdim=True)) * model.ln_final.weight
-    return (out @ model.unembed.W_U).cpu()
+    return (out @ model.W_U).cpu()
 
 
 def copying_score(ov: Float[Tensor, "source_token out_token"]) -> float:

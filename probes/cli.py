@@ -19,8 +19,8 @@ from typing import Any
 import plotly.graph_objects as go
 import torch
 
-from blocks.runs import Run, load_run
-from blocks.runtime import keep_freed_memory
+from blocks.training.runs import Run, load_run
+from blocks.fast import keep_freed_memory
 from scratchnn.devices import pick_device
 
 

@@ -9,7 +9,7 @@ import argparse
 
 import torch
 
-from blocks.runs import Run
+from blocks.training.runs import Run
 from probes import cli
 from probes.information_flow import TAU, flow_figure, information_flow
 

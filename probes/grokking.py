@@ -10,7 +10,7 @@ import argparse
 import plotly.graph_objects as go
 import torch
 
-from blocks.runs import Run
+from blocks.training.runs import Run
 from probes import cli
 from probes.fourier import fourier_figure, neuron_grid, summarise
 

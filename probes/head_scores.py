@@ -1,7 +1,14 @@
-"""Head scores (previous-token, current-token, first-token, induction, duplicate-token) and their heatmaps.
+"""Head scores (ARENA / TransformerLens conventions) on [BOS] + r + r batches, and their heatmaps.
 
-The scores themselves live in blocks.scores (a task's evaluation reports them during
-training); this module re-exports them beside the figures that draw them.
+On a batch of [BOS] + r + r, r uniform random tokens of length n, with `pattern[q, k]`:
+- previous-token: mean of pattern.diagonal(-1);
+- current-token: mean of pattern.diagonal(0);
+- first-token: mean of pattern[:, 0];
+- induction: mean of pattern.diagonal(1 - n) over the second copy (a query at the i-th token
+  of the second copy attends to the token after the i-th of the first);
+- duplicate-token: mean of pattern.diagonal(-n) over the second copy.
+A head "is" one of these above THRESHOLD (0.4). Tasks report them at every evaluation
+(`blocks.tasks.Task.head_scores`), so the app can show them over training.
 """
 
 from __future__ import annotations
@@ -10,21 +17,74 @@ from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
-from blocks.scores import SCORE_NAMES, head_scores, pattern_scores, repeated_tokens, score_batch
+from blocks.transformer import Transformer
 
-__all__ = [
-    "SCORE_NAMES",
-    "head_scores",
-    "head_scores_figure",
-    "head_scores_over_steps_figure",
-    "pattern_scores",
-    "score_batch",
-    "repeated_tokens",
-    "top_heads",
-]
+SCORE_NAMES = ("previous_token", "current_token", "first_token", "induction", "duplicate_token")
+
+
+def repeated_tokens(
+    n: int, batch: int, low: int, high: int, bos: int, seed: int = 0
+) -> Int[Tensor, "batch pos"]:
+    """[BOS] + r + r for `batch` rows of r: n ids drawn uniformly from [low, high)."""
+    if n <= 0 or batch <= 0:
+        raise ValueError(f"need n > 0 and batch > 0, got n={n}, batch={batch}")
+    if high <= low:
+        raise ValueError(f"empty token range [{low}, {high})")
+    gen = torch.Generator().manual_seed(seed)
+    r = torch.randint(low, high, (batch, n), generator=gen)
+    return torch.cat([torch.full((batch, 1), bos), r, r], dim=1)
+
+
+def score_batch(
+    vocab: Sequence[str], n_ctx: int, batch: int = 16, seed: int = 0
+) -> tuple[Int[Tensor, "batch pos"], int] | None:
+    """The [BOS] + r + r batch a model of this vocabulary and context is scored on, and its n.
+
+    r is as long as the context allows, at most 20; None when that is under 4 tokens. BOS is
+    the token named "BOS" if the vocabulary has one, else id 0, and r draws from the other ids.
+    """
+    n = min(20, (n_ctx - 1) // 2)
+    if n < 4:
+        return None
+    bos = list(vocab).index("BOS") if "BOS" in vocab else 0
+    low, high = (1, len(vocab)) if bos == 0 else (0, bos)
+    return repeated_tokens(n, batch, low, high, bos, seed), n
+
+
+def pattern_scores(pattern: Float[Tensor, "batch n_heads query_pos key_pos"], n: int) -> dict[str, Float[Tensor, " n_heads"]]:
+    """Each head's scores from its pattern on [BOS] + r + r (length 2n + 1), averaged over the batch.
+
+    previous/current/first token average over every query; induction and duplicate token over
+    the queries of the second copy (positions n+1 .. 2n).
+    """
+    pos = pattern.shape[-1]
+    if pos != 2 * n + 1 or pattern.shape[-2] != pos:
+        raise ValueError(f"pattern covers {tuple(pattern.shape[-2:])} positions; [BOS] + r + r with n={n} needs {2 * n + 1}")
+    p = pattern.mean(0)  # n_heads query_pos key_pos
+    return {
+        "previous_token": p.diagonal(-1, dim1=-2, dim2=-1).mean(-1),
+        "current_token": p.diagonal(0, dim1=-2, dim2=-1).mean(-1),
+        "first_token": p[:, :, 0].mean(-1),
+        # query at 1+n+i (i-th of copy two) -> key 2+i (token after the i-th of copy one); the
+        # diagonal's first two entries are queries in copy one, which DESIGN.md leaves out
+        "induction": p.diagonal(1 - n, dim1=-2, dim2=-1)[:, 2:].mean(-1),
+        # query at 1+n+i -> key 1+i (the same token in copy one); the first entry is a copy-one query
+        "duplicate_token": p.diagonal(-n, dim1=-2, dim2=-1)[:, 1:].mean(-1),
+    }
+
+
+@torch.no_grad()
+def head_scores(model: Transformer, tokens: Int[Tensor, "batch pos"], n: int) -> dict[str, Float[Tensor, "layer n_heads"]]:
+    """Every head's five scores on `tokens` ([BOS] + r + r, see `repeated_tokens`), as [layer, n_heads] per score."""
+    names = [f"blocks.{i}.attn.hook_pattern" for i in range(model.cfg.n_layers)]
+    device = next(model.parameters()).device
+    _, cache = model.run_with_cache(tokens.to(device), names=names, stop_early=True)
+    per_layer = [pattern_scores(cache[name], n) for name in names]
+    return {s: torch.stack([layer[s] for layer in per_layer]).cpu() for s in SCORE_NAMES}
+
 
 THRESHOLD = 0.4  # DESIGN.md: a head "is" a previous-token/induction/... head above this score
 

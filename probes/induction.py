@@ -17,7 +17,7 @@ import argparse
 import plotly.graph_objects as go
 import torch
 
-from blocks.runs import Run
+from blocks.training.runs import Run
 from blocks.tasks.common import masked_mean, next_token_nll
 from probes import cli
 from probes.ablation import Ablation, head_ablation

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from blocks.runs import Run
+from blocks.training.runs import Run
 from blocks.tasks.common import dataset_tensors
 from probes import cli
 from probes.probing import IGNORE, probe_figure, probe_layers, random_model_like

@@ -118,7 +118,7 @@ def direct_logit_attribution(
     p = _check_pos(pos, tokens.shape[1])
     logits, cache = model.run_with_cache(tokens, names=lambda n: not n.endswith(("hook_pattern", "hook_attn_scores")))
     assert logits is not None
-    W_U, b_U = model.unembed.W_U, model.unembed.b_U
+    W_U, b_U = model.W_U, model.b_U
     direction = W_U[:, target] - (W_U[:, distractor] if distractor is not None else 0.0)
     bias_U = b_U[target] - (b_U[distractor] if distractor is not None else 0.0)
 

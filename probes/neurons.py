@@ -99,7 +99,7 @@ def neuron_logit_effects(
             _, cache = model.run_with_cache(tokens.to(direction.device), names="ln_final.hook_scale")
             scale = cache["ln_final.hook_scale"].mean()
         direction = (direction - direction.mean(-1, keepdim=True)) / scale * model.ln_final.weight
-    return (direction @ model.unembed.W_U).cpu()
+    return (direction @ model.W_U).cpu()
 
 
 def neuron_logit_figure(effects: Float[Tensor, "d_mlp d_vocab"], neuron: int, vocab: Sequence[str], k: int = 10) -> go.Figure:

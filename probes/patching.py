@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from blocks.runs import Run
+from blocks.training.runs import Run
 from probes import cli
 from probes.activation_patching import (
     logit_diff_metric,

@@ -17,7 +17,7 @@ import argparse
 
 import torch
 
-from blocks.runs import Run
+from blocks.training.runs import Run
 from probes import cli
 from probes import preference as pref
 from probes.activation_patching import patching_figure

@@ -6,9 +6,12 @@ from torch import Tensor, nn
 
 
 class Embedding(nn.Module):
-    """Row `i` of `weight` [num_embeddings, embedding_dim] is the vector for id `i`."""
+    """Row `i` of `weight` [num_embeddings, embedding_dim] is the vector for id `i`.
 
-    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+    Rows start as N(0, init_std^2): torch.nn.Embedding's N(0, 1) by default.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, init_std: float = 1.0) -> None:
         super().__init__()
         if num_embeddings <= 0 or embedding_dim <= 0:
             raise ValueError(
@@ -17,12 +20,12 @@ class Embedding(nn.Module):
             )
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
+        self.init_std = init_std
         self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # N(0, 1) as torch.nn.Embedding; models that want another scale re-initialise.
-        nn.init.normal_(self.weight)
+        nn.init.normal_(self.weight, std=self.init_std)
 
     def forward(self, ids: Int[Tensor, "*shape"]) -> Float[Tensor, "*shape embedding_dim"]:
         if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
@@ -32,12 +35,7 @@ class Embedding(nn.Module):
                 f"Embedding ids must lie in [0, {self.num_embeddings}), got ids from "
                 f"{int(ids.min())} to {int(ids.max())}"
             )
-        return self.lookup(ids)
-
-    def lookup(self, ids: Int[Tensor, "*shape"]) -> Float[Tensor, "*shape embedding_dim"]:
-        """The rows of `ids`, unchecked (for callers that validated them). index_select rather than
-        weight[ids]: its backward is an index_add, where indexing's is a slower index_put."""
-        return self.weight.index_select(0, ids.reshape(-1)).view(*ids.shape, self.embedding_dim)
+        return self.weight[ids]
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"

@@ -1,15 +1,19 @@
-"""LayerNorm written from scratch: biased variance, eps inside the square root, affine."""
+"""LayerNorm written from scratch, with hook points at its scale and its output."""
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
+
+from scratchnn import backend
+from scratchnn.hooks import HookPoint
 
 
 class LayerNorm(nn.Module):
     """Normalise the last dimension to zero mean and unit (biased) variance, then scale and shift.
 
     Parameters are named `weight` and `bias` as in torch.nn.LayerNorm, so state dicts move
-    between the two.
+    between the two. `hook_scale` is each row's sqrt(var + eps) and `hook_normalized` the
+    output after the weight and bias, where TransformerLens has them.
     """
 
     def __init__(self, normalized_shape: int, eps: float = 1e-5) -> None:
@@ -20,26 +24,24 @@ class LayerNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.empty(normalized_shape))
         self.bias = nn.Parameter(torch.empty(normalized_shape))
+        self.hook_scale = HookPoint()  # [*batch, 1]
+        self.hook_normalized = HookPoint()  # [*batch, d]
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        with torch.no_grad():
-            self.weight.fill_(1.0)
-            self.bias.zero_()
-
-    def scale(self, x: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch 1"]:
-        """The denominator sqrt(var + eps) of each row (biased variance)."""
-        centred = x - x.mean(-1, keepdim=True)
-        return (centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
 
     def forward(self, x: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch d"]:
         if x.shape[-1] != self.normalized_shape:
             raise ValueError(
                 f"LayerNorm expected a last dimension of {self.normalized_shape}, got shape {tuple(x.shape)}"
             )
+        if not self.hook_scale.is_listened() and (fast := backend.fast("layer_norm")):
+            return self.hook_normalized(fast(x, self.weight, self.bias, self.eps))
         centred = x - x.mean(-1, keepdim=True)
-        scale = (centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
-        return centred / scale * self.weight + self.bias
+        scale = self.hook_scale((centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized(centred / scale * self.weight + self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}"

@@ -1,10 +1,16 @@
-"""The chapter's MLPs, assembled from our own Linear and ReLU."""
+"""The chapter's MLPs, assembled from our own Linear and activations: two classifiers and a transformer's MLP."""
+
+from typing import Literal
 
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from scratchnn.activations import Flatten, ReLU
+from scratchnn import backend
+from scratchnn.activations import GELU, Flatten, ReLU
+from scratchnn.hooks import HookPoint
 from scratchnn.linear import Linear
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": ReLU, "gelu": GELU}
 
 
 class SimpleMLP(nn.Module):
@@ -48,3 +54,50 @@ class MNISTClassifier(nn.Module):
                 f"[batch, 784], got {tuple(images.shape)}"
             )
         return self.net(images)
+
+
+class MLP(nn.Module):
+    """A transformer block's MLP: Linear -> activation -> Linear, with a hook on the neurons before and after.
+
+    The two Linears are the chapter's, weights [out_features, in_features]. Interpretability
+    reads a neuron as a column of W_in and a row of W_out, so `W_in` [d_model, d_mlp] and
+    `W_out` [d_mlp, d_model] are transposed views of those weights (TransformerLens's layout);
+    writing into a view writes the weight.
+    """
+
+    def __init__(
+        self, d_model: int, d_mlp: int, act_fn: Literal["relu", "gelu"] = "relu", init_std: float = 0.02
+    ) -> None:
+        super().__init__()
+        if act_fn not in ACTIVATIONS:
+            raise ValueError(f"act_fn must be one of {sorted(ACTIVATIONS)}, got {act_fn!r}")
+        self.act_fn = act_fn
+        self.linear_in = Linear(d_model, d_mlp, init_std=init_std)
+        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
+        self.act = ACTIVATIONS[act_fn]()
+        self.hook_post = HookPoint()  # [batch, pos, d_mlp]: the neurons
+        self.linear_out = Linear(d_mlp, d_model, init_std=init_std)
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        fused = backend.fast("linear_activation")
+        if fused and not self.hook_pre.is_listened():  # nobody reads the pre-activations: they need not be stored
+            post = fused(x, self.linear_in.weight, self.linear_in.bias, self.act_fn)
+        else:
+            post = self.act(self.hook_pre(self.linear_in(x)))
+        return self.linear_out(self.hook_post(post))
+
+    @property
+    def W_in(self) -> Float[Tensor, "d_model d_mlp"]:
+        return self.linear_in.weight.T
+
+    @property
+    def b_in(self) -> Float[Tensor, " d_mlp"]:
+        return self.linear_in.bias
+
+    @property
+    def W_out(self) -> Float[Tensor, "d_mlp d_model"]:
+        return self.linear_out.weight.T
+
+    @property
+    def b_out(self) -> Float[Tensor, " d_model"]:
+        return self.linear_out.bias

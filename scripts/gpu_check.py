@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from blocks.runs import load_run  # noqa: E402
-from blocks.train import build  # noqa: E402
-from blocks.trainer import Trainer  # noqa: E402
+from blocks.training.runs import load_run  # noqa: E402
+from blocks.training.cli import build  # noqa: E402
+from blocks.training.trainer import Trainer  # noqa: E402
 
 
 def main() -> int:

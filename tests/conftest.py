@@ -11,7 +11,7 @@ import torch
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
-from blocks.runtime import keep_freed_memory  # noqa: E402
+from blocks.fast import keep_freed_memory  # noqa: E402
 
 keep_freed_memory()  # as every entry point does: no page faults on each big activation
 

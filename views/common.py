@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 
 from blocks.cache import ActivationCache
-from blocks.checkpoints import checkpoint_files
-from blocks.runs import Run, checkpoint_status, load_run
+from blocks.training.checkpoints import checkpoint_files
+from blocks.training.runs import Run, checkpoint_status, load_run
 from blocks.tasks.base import UnknownTokenError
 from views.paths import RunPathError, list_runs, resolve_run, runs_root
 

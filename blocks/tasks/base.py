@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from blocks.config import TransformerConfig
+from probes.head_scores import head_scores, score_batch
 
 
 class UnknownTokenError(ValueError):
@@ -129,6 +130,17 @@ class Task(ABC):
                 f"the saved tokenizer ({tokenizer.d_vocab} tokens) differs from task {self.name!r}'s own "
                 f"({self.tokenizer.d_vocab} tokens); the run was made with other task options or code"
             )
+
+    def head_scores(self, model: torch.nn.Module) -> dict[str, list[list[float]]] | None:
+        """Every head's scores ([layer][head] per score name) on a [BOS] + r + r batch of this task's tokens.
+
+        What the trainer logs beside `evaluate`'s numbers, so that heads can be watched forming;
+        None when the context is too short for such a batch.
+        """
+        scored = score_batch(self.tokenizer.vocab, model.cfg.n_ctx, seed=self.seed + 99)
+        if scored is None:
+            return None
+        return {name: value.tolist() for name, value in head_scores(model, *scored).items()}
 
     def milestone(self) -> str | None:
         """An evaluate() key that turns 1.0 when the task's published result is reached (or None)."""

@@ -10,9 +10,9 @@ import torch
 from torch import Tensor
 
 from blocks.config import TransformerConfig
-from blocks.scores import head_scores, repeated_tokens
 from blocks.tasks.base import Task, Tokenizer
 from blocks.tasks.common import generated_split, masked_mean, next_token_nll
+from probes.head_scores import head_scores, repeated_tokens
 
 BOS = 0
 

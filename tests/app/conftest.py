@@ -1,6 +1,6 @@
 """A tiny runs folder for the app tests: small induction, sycophancy and modular-addition runs laid out as the trainer writes them.
 
-The runs are built with blocks.saving and the run layout (config.json, checkpoints/,
+The runs are built with blocks.weights and the run layout (config.json, checkpoints/,
 metrics.jsonl) from a few real optimizer steps, so they take a second, not a training run.
 """
 
@@ -15,8 +15,8 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from blocks import Transformer, TransformerConfig
-from blocks.saving import save_tensors
-from blocks.scores import head_scores, repeated_tokens, score_batch
+from blocks.weights import save_tensors
+from probes.head_scores import head_scores, repeated_tokens, score_batch
 from blocks.tasks.common import dataset_tensors, next_token_nll
 from blocks.tasks import get_task
 from blocks.tasks.induction import BOS, InductionTask

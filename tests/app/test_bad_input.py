@@ -11,7 +11,7 @@ import torch
 from app_server import APP
 from streamlit.testing.v1 import AppTest
 
-from blocks.runs import load_run
+from blocks.training.runs import load_run
 from blocks.tasks.common import next_token_nll
 from probes.ablation import head_ablation, run_ablated
 from views.paths import RunPathError, list_runs, resolve_run

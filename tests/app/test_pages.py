@@ -6,8 +6,8 @@ import json
 
 import torch
 
-from blocks.runs import load_run
-from blocks.scores import head_scores
+from blocks.training.runs import load_run
+from probes.head_scores import head_scores
 from blocks.tasks.common import dataset_tensors, next_token_nll
 from probes.ablation import head_ablation, neuron_ablation, run_ablated
 from probes.activation_patching import logit_diff_metric, patch_heads

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from streamlit.testing.v1 import AppTest
 
-from blocks.runs import load_run
+from blocks.training.runs import load_run
 from probes.ablation import head_ablation, run_ablated
 from probes.activation_patching import logit_diff_metric, patch_heads
 from probes.circuits import copying_score, ov_circuit

@@ -56,7 +56,7 @@ def test_apply_ln_to_stack_reproduces_the_final_layernorm() -> None:
     # the same map on the whole stream, through the logits
     logits = model(tokens_for(model))
     final = cache.apply_ln_to_stack(cache["blocks.1.hook_resid_post"][None])[0]
-    torch.testing.assert_close((final * ln.weight + ln.bias) @ model.W_U + model.unembed.b_U, logits, **CLOSE)
+    torch.testing.assert_close((final * ln.weight + ln.bias) @ model.W_U + model.b_U, logits, **CLOSE)
     # before layer 1: ln1's scale of that layer
     parts1 = cache.apply_ln_to_stack(cache.decompose_resid(layer=1), layer=1)
     ln1 = model.blocks[1].ln1

@@ -8,7 +8,8 @@ import torch
 from transformer_helpers import make_model, tokens_for
 
 from blocks import Transformer, TransformerConfig
-from blocks.saving import check_state_dict, load_model, save_model, save_tensors
+from blocks.training.saving import load_model, save_model
+from blocks.weights import check_state_dict, save_tensors
 
 
 def test_derived_sizes_and_dict_round_trip() -> None:
@@ -105,15 +106,15 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
 def test_load_names_missing_extra_and_misshapen_keys(tmp_path: Path) -> None:
     model = make_model()
     state = dict(model.state_dict())
-    del state["blocks.1.mlp.W_in"]
+    del state["blocks.1.mlp.linear_in.weight"]
     state["blocks.0.attn.W_rogue"] = torch.zeros(2)
-    state["unembed.W_U"] = torch.zeros(16, 12)
+    state["unembed.weight"] = torch.zeros(12, 16)
     with pytest.raises(ValueError) as info:
         check_state_dict(model, state)
     text = str(info.value)
-    assert "missing keys ['blocks.1.mlp.W_in']" in text
+    assert "missing keys ['blocks.1.mlp.linear_in.weight']" in text
     assert "unexpected keys ['blocks.0.attn.W_rogue']" in text
-    assert "unembed.W_U: (16, 12) in the state dict, (16, 13) in the model" in text
+    assert "unembed.weight: (12, 16) in the state dict, (13, 16) in the model" in text
     save_model(model, tmp_path / "m")
     save_tensors(state, tmp_path / "m" / "model.safetensors")
     with pytest.raises(ValueError, match=r"model\.safetensors.*missing keys"):

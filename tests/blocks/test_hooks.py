@@ -122,7 +122,7 @@ def test_a_backward_hook_can_change_the_gradient() -> None:
         model(tokens_for(model)).sum().backward()
     # everything before layer 1 gets its gradient only through blocks.1.hook_resid_pre
     assert model.embed.weight.grad.abs().sum() == 0
-    assert model.blocks[1].mlp.W_in.grad.abs().sum() > 0
+    assert model.blocks[1].mlp.linear_in.weight.grad.abs().sum() > 0
 
 
 def test_stop_early_runs_only_the_blocks_it_needs() -> None:

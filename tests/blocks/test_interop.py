@@ -19,7 +19,7 @@ from blocks.interop import (
     load_transformer_lens_checkpoint,
     to_transformer_lens,
 )
-from blocks.saving import load_tensors, save_tensors
+from blocks.weights import load_tensors, save_tensors
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "tl"
 NAMES = ["attn_only_2l", "ln_gelu_2l", "nonorm_relu_1l", "shortformer_gelu_2l"]

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from blocks import load_run as load_run_from_package
-from blocks.checkpoints import checkpoint_files
-from blocks.runs import checkpoint_status, list_checkpoints, load_run, read_metrics
-from blocks.train import build
-from blocks.trainer import Trainer
+from blocks.training.checkpoints import checkpoint_files
+from blocks.training.runs import checkpoint_status, list_checkpoints, load_run, read_metrics
+from blocks.training.cli import build
+from blocks.training.trainer import Trainer
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt"
 TINY = {

@@ -22,3 +22,14 @@ def make_model(**overrides: object) -> Transformer:
 
 def tokens_for(model: Transformer, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, model.cfg.d_vocab, (BATCH, POS), generator=torch.Generator().manual_seed(seed))
+
+
+# The configurations the model tests build: each hook-point, identity and fast-path test runs on all of them.
+CONFIGS = {
+    "ln_relu": dict(),
+    "attn_only": dict(attn_only=True),
+    "no_norm": dict(normalization=None),
+    "gelu": dict(act_fn="gelu"),
+    "shortformer": dict(positional="shortformer", act_fn="gelu"),
+    "d_head_16": dict(d_model=32, n_heads=2, d_head=16),  # where blocks.fast's attention kernel runs
+}

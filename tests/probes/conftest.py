@@ -37,7 +37,7 @@ def previous_token_model(n_ctx: int = 8, d_vocab: int = 8, strength: float = 60.
         attn.W_V[0, n_ctx:, n_ctx:] = torch.eye(d_vocab)
         attn.W_O[0, n_ctx:, n_ctx:] = 2 * torch.eye(d_vocab)  # outweighs the current token, which the stream also carries
         # head 1 attends uniformly (zero scores) and writes nothing
-        model.unembed.W_U[n_ctx:] = torch.eye(d_vocab)
+        model.W_U[n_ctx:] = torch.eye(d_vocab)
     return model
 
 

@@ -43,7 +43,7 @@ def _copier(sign: float) -> Transformer:
             p.zero_()
         eye = torch.eye(6)
         model.embed.weight.copy_(eye)
-        model.unembed.W_U.copy_(eye)
+        model.W_U.copy_(eye)
         attn = model.blocks[0].attn
         attn.W_V[0].copy_(eye)
         attn.W_O[0].copy_(sign * eye)

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from blocks.runs import load_run
+from blocks.training.runs import load_run
 from blocks.tasks import get_task
-from blocks.train_config import TrainConfig
-from blocks.trainer import Trainer
+from blocks.training.config import TrainConfig
+from blocks.training.trainer import Trainer
 from probes import flow, grokking, induction, linear_probe, patching
 from probes.probing import IGNORE
 

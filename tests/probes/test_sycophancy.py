@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from blocks.config import TransformerConfig
-from blocks.runs import load_run
+from blocks.training.runs import load_run
 from blocks.tasks import get_task
-from blocks.train_config import TrainConfig
-from blocks.trainer import Trainer
+from blocks.training.config import TrainConfig
+from blocks.training.trainer import Trainer
 from probes import preference as pref
 from probes import sycophancy
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from blocks.saving import atomic_write_bytes, load_tensors, read_json, save_tensors
+from blocks.weights import atomic_write_bytes, load_tensors, read_json, save_tensors
 
 CHECKPOINTS = "checkpoints"
 _WEIGHTS = re.compile(r"^step_(\d+)\.safetensors$")

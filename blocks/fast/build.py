@@ -1,4 +1,4 @@
-"""Our C++ kernels (blocks/kernels/): compiled with this machine's compiler on first use, cached, loaded with ctypes.
+"""Our C++ kernels (blocks/fast/kernels/): compiled with this machine's compiler on first use, cached, loaded with ctypes.
 
 `load()` returns the library with every function's C signature declared. The build (g++ -O3
 -march=native -fopenmp, about half a second) lands in $BLOCKS_KERNEL_CACHE, else
@@ -8,7 +8,7 @@ CPU, so an edit, another compiler or another CPU builds anew. The library links 
 torch has already loaded, so the kernels run on torch's threads (torch.set_num_threads applies).
 Raises UnsupportedPlatform where `unsupported()` gives a reason, and RuntimeError (with the
 compiler's message), OSError or subprocess.SubprocessError when it cannot build or load;
-blocks.attention_kernel then uses torch's ops.
+blocks.fast.attention then uses torch's SDPA.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ SOURCES = sorted(FOLDER.glob("*.cpp"))
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 
 
-VECTOR_FLOATS = 16  # the kernels' vector width: d_head (and d_model, for head results) must be a multiple
+VECTOR_FLOATS = 16  # the kernels' vector width: d_head must be a multiple
 
 
 class UnsupportedPlatform(RuntimeError):
@@ -124,9 +124,6 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     signatures = {
         "causal_attention_forward": [p] * 5 + [strides] * 4 + [i64] * 4 + [f32],
         "causal_attention_backward": [p] * 9 + [strides] * 6 + [i64] * 4 + [f32],
-        "causal_scores": [p] * 3 + [strides] * 2 + [i64] * 4 + [f32],
-        "pattern_times_values": [p] * 3 + [strides] * 2 + [i64] * 4,
-        "head_results": [p] * 3 + [i64] * 4,
     }
     for name, argtypes in signatures.items():
         function = getattr(lib, name)

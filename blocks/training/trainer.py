@@ -18,15 +18,15 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm import tqdm
 
-from blocks.checkpoints import checkpoint_files, checkpoint_steps, load_training_state, restore_rng, save_checkpoint
 from blocks.config import TransformerConfig
-from blocks.runs import CONFIG, METRICS, prepare_out, read_config, read_metrics, run_config
-from blocks.saving import atomic_write_bytes, check_state_dict
-from blocks.scores import head_scores, score_batch
+from blocks.interop import is_earlier_layout
 from blocks.tasks.base import Task
 from blocks.tasks.common import dataset_tensors, target_nll
-from blocks.train_config import TrainConfig
+from blocks.training.checkpoints import checkpoint_files, checkpoint_steps, load_training_state, restore_rng, save_checkpoint
+from blocks.training.config import TrainConfig
+from blocks.training.runs import CONFIG, METRICS, prepare_out, read_config, read_metrics, run_config
 from blocks.transformer import Transformer
+from blocks.weights import atomic_write_bytes, check_state_dict
 from scratchnn.devices import pick_device
 
 
@@ -124,7 +124,14 @@ class Trainer:
         for step in reversed(steps):
             try:
                 weights, optim, state = load_training_state(self.out, step)
-                check_state_dict(self.model, weights, source=str(checkpoint_files(self.out, step)[0]))
+                source = str(checkpoint_files(self.out, step)[0])
+                if is_earlier_layout(weights):
+                    raise ValueError(
+                        f"{source} was saved by an earlier version of the sandbox, whose weights had another layout; "
+                        "it loads for analysis (load_run, the probes, the app), but its optimizer state cannot resume "
+                        "training here: start a new run, or finish this one with the version that began it"
+                    )
+                check_state_dict(self.model, weights, source=source)
                 break
             except (ValueError, FileNotFoundError) as err:
                 errors.append(f"checkpoint {step}: {err}")
@@ -191,10 +198,10 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         self.model.eval()
         try:
-            numbers = {f"eval/{k}": v for k, v in self.task.evaluate(self.model).items()}
-            scored = score_batch(self.task.tokenizer.vocab, self.model_cfg.n_ctx, seed=self.cfg.seed + 99)
-            if scored is not None:
-                numbers["head_scores"] = {k: v.tolist() for k, v in head_scores(self.model, *scored).items()}
+            numbers: dict[str, Any] = {f"eval/{k}": v for k, v in self.task.evaluate(self.model).items()}
+            scores = self.task.head_scores(self.model)
+            if scores is not None:
+                numbers["head_scores"] = scores
         finally:
             self.model.train()
         return numbers

@@ -1,4 +1,4 @@
-"""blocks.runtime: freed activation-sized blocks are reused, not faulted in again."""
+"""blocks.fast.memory: freed activation-sized blocks are reused, not faulted in again."""
 
 import resource
 import sys
@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from blocks.runtime import keep_freed_memory
+from blocks.fast import keep_freed_memory
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")

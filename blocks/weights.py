@@ -1,4 +1,7 @@
-"""Weights to and from safetensors, with the config beside them as JSON. Nothing is unpickled."""
+"""Tensors on disk: safetensors files written atomically, JSON read with errors that name the file, state-dict checks.
+
+Nothing here unpickles anything: weights are safetensors, everything else is JSON.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +15,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-
-from blocks.config import TransformerConfig
-from blocks.transformer import Transformer
-
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -60,6 +57,17 @@ def load_tensors(path: Path, device: torch.device | str = "cpu") -> dict[str, Te
         raise ValueError(f"{path} is not a readable safetensors file ({err}); it may be truncated or corrupt") from err
 
 
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """Parse a JSON file; a missing or unparsable file raises an error that names it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no {what} at {path}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); it may be truncated or corrupt") from err
+
+
 def check_state_dict(model: nn.Module, state: dict[str, Tensor], source: str = "state dict") -> None:
     """Raise one error listing missing, unexpected and misshapen keys against `model`'s own state dict."""
     expected = model.state_dict()
@@ -79,39 +87,3 @@ def check_state_dict(model: nn.Module, state: dict[str, Tensor], source: str = "
         problems.append("wrong shapes: " + "; ".join(misshapen))
     if problems:
         raise ValueError(f"the {source} does not match the model's config: " + "; ".join(problems))
-
-
-def save_model(model: Transformer, directory: str | Path) -> Path:
-    """Write `model.safetensors` and `config.json` into `directory`; return the directory."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_tensors(model.state_dict(), directory / WEIGHTS)
-    atomic_write_bytes(directory / CONFIG, json.dumps(model.cfg.to_dict(), indent=2).encode())
-    return directory
-
-
-def read_json(path: str | Path, what: str = "file") -> Any:
-    """Parse a JSON file; a missing or unparsable file raises an error that names it."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no {what} at {path}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); it may be truncated or corrupt") from err
-
-
-def load_config(path: str | Path) -> TransformerConfig:
-    data = read_json(path, "config")
-    return TransformerConfig.from_dict(data.get("model", data))
-
-
-def load_model(directory: str | Path, device: torch.device | str = "cpu") -> Transformer:
-    """Build the model from `config.json` and load `model.safetensors`, checking every key and shape."""
-    directory = Path(directory)
-    cfg = load_config(directory / CONFIG)
-    model = Transformer(cfg)
-    state = load_tensors(directory / WEIGHTS, device="cpu")
-    check_state_dict(model, state, source=str(directory / WEIGHTS))
-    model.load_state_dict(state)
-    return model.to(device)

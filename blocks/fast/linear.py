@@ -1,0 +1,106 @@
+"""`x @ weight.T + bias` (scratchnn.Linear's computation) through the fastest matmul this torch build has.
+
+On x86-64 CPUs in float32, oneDNN's linear primitive (the kernel torch.compile's CPU backend
+emits), with the bias added inside the matmul, forward and for the input's gradient; the weight's
+gradient stays with MKL. Without gradients it also applies the MLP's activation inside the
+matmul (`linear_activation`). Everywhere else `torch.addmm`, which also adds the bias inside the
+matmul: CUDA, other dtypes, CPU autocast, torch.compile, forward-mode AD, torch.func transforms,
+builds without oneDNN. benchmarks/RESULTS.md has what each is worth.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from blocks.fast.applies import plain_cpu_float32
+
+_AVAILABLE: bool | None = None  # probed on first use
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}  # torch's one-pass kernels of scratchnn's ReLU and (erf) GELU
+
+
+def linear(
+    x: Float[Tensor, "*batch d_in"], weight: Float[Tensor, "d_out d_in"], bias: Float[Tensor, " d_out"] | None
+) -> Float[Tensor, "*batch d_out"]:
+    """x @ weight.T + bias, with the bias added inside the matmul."""
+    flat = x.reshape(-1, x.shape[-1])
+    if _use_onednn(x, weight):
+        out = _OneDNNLinear.apply(flat, weight, bias)
+    elif bias is None:
+        out = flat @ weight.T
+    else:
+        out = torch.addmm(bias, flat, weight.T)
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def linear_activation(
+    x: Float[Tensor, "*batch d_in"], weight: Float[Tensor, "d_out d_in"], bias: Float[Tensor, " d_out"], act: str
+) -> Float[Tensor, "*batch d_out"]:
+    """act(x @ weight.T + bias), `act` "relu" or "gelu"; without gradients, inside oneDNN's matmul where it applies."""
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias))
+    if grad or not _use_onednn(x, weight):  # the activation's backward needs its input: a pass of its own
+        return ACTIVATIONS[act](linear(x, weight, bias))
+    return _onednn(x.reshape(-1, x.shape[-1]), weight, bias, act).view(*x.shape[:-1], weight.shape[0])
+
+
+def onednn_available() -> bool:
+    """True on x86-64 (where it was measured) when this torch build's oneDNN linear runs and agrees with addmm."""
+    global _AVAILABLE
+    if _AVAILABLE is None:
+        if platform.machine().lower() not in ("x86_64", "amd64"):
+            _AVAILABLE = False
+            return _AVAILABLE
+        try:  # fixed values, not torch.randn: probing must not move the caller's random stream
+            x = torch.linspace(-2, 2, 35).view(5, 7)
+            w = torch.linspace(-1, 1, 21).view(3, 7)
+            b = torch.tensor([0.1, -0.2, 0.3])
+            _AVAILABLE = bool(torch.allclose(_onednn(x, w, b), torch.addmm(b, x, w.T), atol=1e-5))
+        except (AttributeError, RuntimeError, NotImplementedError):
+            _AVAILABLE = False
+    return _AVAILABLE
+
+
+def _use_onednn(x: Tensor, weight: Tensor) -> bool:
+    return (
+        plain_cpu_float32(x, weight)
+        and weight.is_contiguous()  # a strided view of a weight sends oneDNN to its reference kernel: far slower
+        and not x.is_sparse
+        and onednn_available()
+    )
+
+
+def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None, act: str = "none") -> Tensor:
+    """act(x @ weight.T + bias) by oneDNN's linear primitive, which takes the weight as [d_out, d_in].
+
+    `act` is "none", "relu" or "gelu"; for GELU, algorithm "none" is the exact (erf) GELU, "tanh" the approximation.
+    """
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, act, [], "none" if act == "gelu" else "")
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """x @ weight.T + bias with oneDNN's forward and input-gradient matmuls."""
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return _onednn(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple[Tensor, Tensor, Tensor | None], output: Tensor) -> None:  # type: ignore[no-untyped-def]
+        x, weight, _ = inputs
+        ctx.save_for_backward(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[no-untyped-def]
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        grad_x = None
+        if need_x and torch.is_grad_enabled():  # create_graph=True: a differentiable op, so a second backward works
+            grad_x = grad @ weight
+        elif need_x:
+            grad_x = _onednn(grad, weight.T.contiguous(), None)  # grad @ weight
+        grad_w = grad.T @ x if need_w else None
+        return grad_x, grad_w, grad.sum(0) if need_b else None

@@ -1,0 +1,159 @@
+"""The fast backend against the modules' own code on every model configuration, and the one switch that turns it off."""
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import blocks.fast
+import blocks.fast.attention
+import blocks.fast.linear
+from scratchnn import backend
+from scratchnn.backend import reference_only
+from transformer_helpers import CONFIGS, make_model, tokens_for
+
+REPO = Path(__file__).resolve().parents[2]
+COSTLY = ("hook_attn_scores", "hook_pattern", "hook_result")
+
+
+def logits_and_grads(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Logits without gradients, logits with them, and every parameter's gradient of a cross-entropy loss."""
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        plain = model(tokens)
+    logits = model(tokens)
+    F.cross_entropy(logits.flatten(0, 1), tokens.roll(-1, 1).flatten()).backward()
+    return plain, logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_fast_and_reference_give_the_same_logits_and_gradients(config: str) -> None:
+    model = make_model(**CONFIGS[config])
+    tokens = tokens_for(model)
+    fast = logits_and_grads(model, tokens)
+    with reference_only():
+        ref = logits_and_grads(model, tokens)
+    torch.testing.assert_close(fast[0], ref[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast[1], ref[1], atol=1e-5, rtol=1e-5)
+    for name, grad in fast[2].items():
+        torch.testing.assert_close(grad, ref[2][name], atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_fast_and_reference_give_the_same_activations(config: str) -> None:
+    """Every hook point but the costly three (whose listening forces the module's own attention code)."""
+    model = make_model(**CONFIGS[config])
+    tokens = tokens_for(model)
+    _, fast = model.run_with_cache(tokens, names=lambda n: not n.endswith(COSTLY))
+    with reference_only():
+        _, ref = model.run_with_cache(tokens)
+    assert len(fast) == len(ref) - 3 * model.cfg.n_layers
+    for name, act in fast.items():
+        torch.testing.assert_close(act, ref[name], atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def raise_if_called(what: str):
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"{what} ran while only the reference code may run")
+
+    return fail
+
+
+def test_with_the_backend_off_sdpa_the_kernel_and_oneDNN_never_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = make_model(**CONFIGS["d_head_16"], act_fn="gelu")  # the kernel's d_head, LayerNorm and GELU: every function
+    tokens = tokens_for(model)
+    fast = logits_and_grads(model, tokens)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", raise_if_called("torch's SDPA"))
+    monkeypatch.setattr(F, "layer_norm", raise_if_called("torch's layer_norm"))
+    monkeypatch.setattr(blocks.fast.attention, "_run", raise_if_called("the kernel library"))
+    monkeypatch.setattr(blocks.fast.linear, "_onednn", raise_if_called("oneDNN"))
+    for name in backend.OPERATIONS:
+        monkeypatch.setitem(backend._REGISTERED, name, raise_if_called(f"the registered {name!r}"))
+    with pytest.raises(AssertionError, match="while only the reference code may run"):
+        model(tokens)  # the switch is on: the (now raising) backend runs
+    with reference_only():
+        ref = logits_and_grads(model, tokens)
+    for got, want in zip(fast[:2], ref[:2]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for name, grad in fast[2].items():
+        torch.testing.assert_close(grad, ref[2][name], atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_each_fast_function_runs_where_it_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = make_model(act_fn="gelu")
+    tokens = tokens_for(model)
+    calls: dict[str, int] = {}
+    for name, fn in list(backend._REGISTERED.items()):
+        monkeypatch.setitem(backend._REGISTERED, name, lambda *a, _n=name, _f=fn: calls.update({_n: calls.get(_n, 0) + 1}) or _f(*a))
+    layers = model.cfg.n_layers
+    with torch.no_grad():
+        model(tokens)
+    # per layer: query, key, value, output and linear_out; the unembedding; linear_in with its GELU inside
+    assert calls == {"linear": 5 * layers + 1, "linear_activation": layers, "layer_norm": 2 * layers + 1, "causal_attention": layers}
+    calls.clear()
+    model.run_with_cache(tokens, names=["blocks.1.attn.hook_pattern", "blocks.0.mlp.hook_pre", "ln_final.hook_scale"])
+    # layer 1's attention, layer 0's linear_in and the final LayerNorm run their own code: someone reads what they skip
+    assert calls == {"linear": 5 * layers + 1 + 1, "gelu": 1, "linear_activation": layers - 1, "layer_norm": 2 * layers,
+                     "causal_attention": layers - 1}
+
+
+def test_the_switch_holds_for_its_block_and_its_thread_only() -> None:
+    seen: list[bool] = []
+    with reference_only():
+        assert not backend.is_on() and backend.fast("linear") is None
+        worker = threading.Thread(target=lambda: seen.append(backend.is_on()))
+        worker.start()
+        worker.join()
+    assert seen == [True]
+    with pytest.raises(RuntimeError):
+        with reference_only():
+            raise RuntimeError("inside")
+    assert backend.is_on() and backend.fast("linear") is blocks.fast.linear.linear
+    with reference_only():
+        assert all("switched off" in what for what in blocks.fast.status().values())
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env={**os.environ, **env})
+
+
+def test_SANDBOX_FAST_0_runs_only_the_reference_code_for_the_whole_process() -> None:
+    code = (
+        "import torch, torch.nn.functional as F\n"
+        "from blocks import Transformer, TransformerConfig, fast\n"
+        "from scratchnn import backend\n"
+        "def fail(*a, **k): raise AssertionError('a fast path ran')\n"
+        "F.scaled_dot_product_attention = F.layer_norm = F.gelu = fail\n"
+        "torch.manual_seed(0)\n"
+        "m = Transformer(TransformerConfig(n_layers=2, d_model=32, n_heads=2, d_vocab=13, n_ctx=10, act_fn='gelu'))\n"
+        "m(torch.randint(0, 13, (2, 7))).sum().backward()\n"
+        "print(backend.is_on(), backend.fast('causal_attention'), fast.keep_freed_memory())\n"
+    )
+    done = run_python(code, SANDBOX_FAST="0")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "None", "False"]
+    bad = run_python("import scratchnn", SANDBOX_FAST="yes")
+    assert bad.returncode != 0 and "SANDBOX_FAST must be 0 (reference code only) or 1" in bad.stderr
+
+
+@pytest.mark.slow
+def test_torch_compile_of_the_model_runs_and_agrees() -> None:
+    # in a fresh python: the tests' runtime shape checks cannot follow dynamo's fake tensors
+    code = (
+        "import torch; from blocks import Transformer, TransformerConfig\n"
+        "torch.manual_seed(0)\n"
+        "m = Transformer(TransformerConfig(n_layers=2, d_model=16, n_heads=2, d_mlp=24, d_vocab=13, n_ctx=10)).eval()\n"
+        "t = torch.randint(0, 13, (3, 7))\n"
+        "with torch.no_grad():\n"
+        "    print((torch.compile(m)(t) - m(t)).abs().max().item())\n"
+    )
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert float(done.stdout.strip().splitlines()[-1]) < 1e-5
