@@ -22,7 +22,7 @@ import torch
 from blocks import Transformer, TransformerConfig
 from blocks.fast import keep_freed_memory
 from blocks.tasks import get_task
-from probes.activation_patching import logit_diff_metric, patch_heads_by_pos
+from probes.patching import logit_diff_metric, patch_heads_by_pos
 from probes.information_flow import information_flow
 
 TARGET_FLOW_S, TARGET_SWEEP_S = 0.100, 2.0

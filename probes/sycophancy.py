@@ -1,155 +1,348 @@
-"""Find the heads that carry a user's opinion to the answer in a sycophancy run, and switch them off.
+"""Where a model reads a user's stated preference, and what switching those heads off does.
 
-    python -m probes.sycophancy --run runs/sycophancy --out out/sycophancy
-
-Answers the three questions of the capstone on held-out prompts: (1) which heads attend
-from the answer to the opinion slot, and which carry the opinion causally (patching each
-head between two opinions of one prompt); (2) which MLP neurons respond to a conflict
-between facts and opinion; (3) how the opinion flows to the answer (information-flow
-routes of one conflicting prompt) and from which layer linear probes read the opinion and
-the truth (with control tasks and a random model). Then the intervention: mean-ablating
-the heads found, and the before/after table. Numbers go to sycophancy.json, figures to HTML.
+Pure functions over a model and a task whose prompts carry a user's opinion (`OpinionTask`:
+what blocks.tasks.SycophancyTask provides, read through a protocol so this library needs no task):
+attention mass from the answer position to the opinion slot, head patching between two
+opinions of the same prompt, MLP neurons that respond to a conflict between the facts and
+the opinion, the information flowing from the opinion slot into the answer, linear probes
+for the opinion and the truth, and the before/after table of ablating the opinion heads.
+`sandbox probe sycophancy` strings them together.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
+import plotly.graph_objects as go
 import torch
+from jaxtyping import Float, Int
+from plotly.subplots import make_subplots
+from torch import Tensor
 
-from blocks.training.runs import Run
-from probes import cli
-from probes import preference as pref
-from probes.activation_patching import patching_figure
-from probes.information_flow import flow_figure
-from probes.neurons import neuron_logit_effects
-from probes.probing import probe_figure, random_model_like
+from blocks.transformer import Transformer
+from probes.ablation import Ablation, head_ablation
+from probes.patching import Metric, PatchingResult, patch_heads
+from probes.information_flow import FlowGraph, information_flow
+from probes.probing import IGNORE, LayerProbes, probe_layers
 
-MAX_NO_OPINION_DROP = 0.02  # the intervention may cost at most 2 points of accuracy without an opinion
-MIN_SYCOPHANCY_CUT = 0.5  # ... and must at least halve the sycophancy rate
+Head = tuple[int, int]  # (layer, head)
 
 
-def body(args: argparse.Namespace, run: Run) -> None:
-    model, task = run.model, pref.check_task(run.task)
-    if args.n < 8:
-        raise ValueError(f"--n must be at least 8 prompts per kind, got {args.n}")
-    if args.prompt is not None:
-        prompt = torch.tensor([run.tokenizer.encode(args.prompt)[: task.answer_pos + 1]])
-        task.check_prompts(prompt)
-        if int(prompt[0, task.opinion_pos]) == task.none:
-            raise ValueError(f"--prompt {args.prompt!r} states no opinion ('-'); the flow is traced on a prompt "
-                             "whose user states one, e.g. 'BOS a=3 c=7 f=1 user 4 ? c'")
-    else:
-        prompt = torch.tensor([task.example(args.seed)])
-    # held-out prompts of each kind, drawn with the requested seed
-    sets = {k: task.prompts(args.n, k, split="test", seed=args.seed + 7) for k in ("none", "right", "wrong")}
-    wrong = sets["wrong"]
-    labels = run.tokenizer.token_strs(prompt[0])
+@runtime_checkable
+class OpinionPrompts(Protocol):
+    """Prompts ending at the answer position, with each one's true answer and stated opinion (value indices, -1 for none)."""
 
-    # (1) heads: attention to the opinion, and patching one opinion into another
-    attention = pref.opinion_attention(model, task, wrong.tokens)
-    patching = pref.opinion_patching(model, task, wrong, seed=args.seed)
-    effect = patching.normalized()
-    candidates = pref.pick_heads(patching, args.threshold, args.max_heads)
-    # which of them to switch off is decided on separate calibration prompts, not the reported ones
-    calibration = {k: task.prompts(args.n, k, split="test", seed=args.seed + 11) for k in ("none", "right", "wrong")}
-    heads = pref.choose_heads(model, task, candidates, calibration, MAX_NO_OPINION_DROP)
-    within = bool(heads)
-    heads = heads or candidates[:1]  # none fits the budget: show what the strongest one costs
+    tokens: Int[Tensor, "batch pos"]
+    truth: Int[Tensor, " batch"]
+    opinion: Int[Tensor, " batch"]
 
-    # (2) neurons that see a conflict
-    neurons = pref.conflict_neurons(model, task, wrong) if not model.cfg.attn_only else None
 
-    # (3) flow and probes
-    flow = pref.opinion_flow(model, task, prompt, tau=args.tau)
-    probes = pref.opinion_probes(model, task, wrong, random_model_like(model, seed=args.seed))
+@runtime_checkable
+class OpinionTask(Protocol):
+    """What these analyses read of a task: where the opinion and the answer sit, the value tokens, its metrics."""
 
-    # the intervention
-    before = pref.behaviour(model, task, sets)
-    after = pref.behaviour(model, task, sets, pref.head_ablations(model, heads, sets["none"].tokens))
+    answer_pos: int  # where the model answers
+    opinion_pos: int  # the slot holding the user's opinion
+    value_ids: Int[Tensor, " n_values"]  # token id of each value
+    none: int  # token id of "no opinion" in the slot
+    n_values: int
 
+    def check_prompts(self, tokens: Tensor) -> None: ...
+
+    def answers(self, model: torch.nn.Module, tokens: Tensor) -> Tensor: ...
+
+    def metrics(self, pred: Tensor, truth: Tensor, opinion: Tensor) -> dict[str, float]: ...
+
+
+def check_task(task: object) -> OpinionTask:
+    """The task itself if it has an opinion slot; otherwise a clear error (these analyses need one)."""
+    if not isinstance(task, OpinionTask):
+        raise ValueError(
+            f"this analysis needs a run of the 'sycophancy' task (prompts with a user-opinion slot), "
+            f"but the run's task is {getattr(task, 'name', type(task).__name__)!r}; train one with "
+            "`sandbox train --task sycophancy --out runs/sycophancy`"
+        )
+    return task
+
+
+def _states_an_opinion(task: OpinionTask, prompts: OpinionPrompts) -> bool:
+    return not bool((prompts.tokens[:, task.opinion_pos] == task.none).any())
+
+
+def _device(model: Transformer) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def opinion_attention(
+    model: Transformer, task: OpinionTask, tokens: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "layer n_heads"]:
+    """Mean attention each head pays from the answer position to the opinion slot."""
+    task.check_prompts(tokens)
+    names = [f"blocks.{i}.attn.hook_pattern" for i in range(model.cfg.n_layers)]
+    _, cache = model.run_with_cache(tokens.to(_device(model)), names=names)
+    rows = [cache[n][:, :, task.answer_pos, task.opinion_pos].mean(0) for n in names]
+    return torch.stack(rows).cpu()
+
+
+def swap_opinion(task: OpinionTask, prompts: OpinionPrompts, seed: int = 0) -> OpinionPrompts:
+    """The same prompts with a different wrong opinion (neither the truth nor the old opinion)."""
+    task.check_prompts(prompts.tokens)
+    if not _states_an_opinion(task, prompts):
+        raise ValueError("swap_opinion needs prompts that all carry an opinion; got some with '-' in the slot")
+    if task.n_values < 3:
+        raise ValueError(f"a second wrong opinion needs at least 3 values; this task has n_values={task.n_values}")
+    gen = torch.Generator().manual_seed(seed)
+    new = prompts.opinion.clone()
+    todo = torch.ones_like(new, dtype=torch.bool)
+    while todo.any():  # redraw until each new opinion differs from both the truth and the old opinion
+        draw = torch.randint(0, task.n_values, new.shape, generator=gen)
+        ok = todo & (draw != prompts.truth) & (draw != prompts.opinion)
+        new = torch.where(ok, draw, new)
+        todo &= ~ok
+    tokens = prompts.tokens.clone()
+    tokens[:, task.opinion_pos] = task.value_ids[new]
+    return dataclasses.replace(prompts, tokens=tokens, opinion=new)
+
+
+def opinion_logit_diff(task: OpinionTask, first: Int[Tensor, " batch"], second: Int[Tensor, " batch"]) -> Metric:
+    """A patching metric: mean logit of opinion `first` minus opinion `second` at the answer position."""
+    a, b = task.value_ids[first], task.value_ids[second]
+    rows = torch.arange(len(first))
+
+    def metric(logits: Tensor) -> Tensor:
+        at = logits[:, task.answer_pos]
+        return (at[rows, a.to(at.device)] - at[rows, b.to(at.device)]).mean()
+
+    return metric
+
+
+def opinion_patching(model: Transformer, task: OpinionTask, prompts: OpinionPrompts, seed: int = 0) -> PatchingResult:
+    """Patch each head's output from the prompt with one opinion into the same prompt with another.
+
+    Clean: opinion A; corrupted: opinion B; metric: logit(A) - logit(B). A head whose patch
+    restores the clean metric (normalised value near 1) carries the opinion to the answer.
+    """
+    other = swap_opinion(task, prompts, seed)
+    device = _device(model)
+    metric = opinion_logit_diff(task, prompts.opinion, other.opinion)
+    return patch_heads(model, prompts.tokens.to(device), other.tokens.to(device), metric)
+
+
+def pick_heads(patching: PatchingResult, threshold: float = 0.1, max_heads: int = 3) -> list[Head]:
+    """Heads whose patch restores at least `threshold` of the opinion's effect, strongest first.
+
+    When none reaches the threshold (an untrained model) the single strongest head is
+    returned, so an analysis always has something to test; its effect says how little it is.
+    """
+    if max_heads < 1:
+        raise ValueError(f"max_heads must be at least 1, got {max_heads}")
+    effect = patching.normalized().flatten()
+    order = effect.argsort(descending=True).tolist()
+    n_heads = patching.values.shape[1]
+    picked = [(i // n_heads, i % n_heads) for i in order if float(effect[i]) >= threshold]
+    return picked[:max_heads] or [(order[0] // n_heads, order[0] % n_heads)]
+
+
+def choose_heads(
+    model: Transformer,
+    task: OpinionTask,
+    candidates: Sequence[Head],
+    calibration: dict[str, OpinionPrompts],
+    max_drop: float = 0.02,
+) -> list[Head]:
+    """Add candidates one by one (strongest first), keeping each only if accuracy with no opinion stays within `max_drop`.
+
+    A head that carries the opinion may also help answer from the facts; ablating it would
+    buy less sycophancy with lost accuracy. Choose on calibration prompts, report on others.
+    """
+    if "none" not in calibration:
+        raise ValueError(f"calibration needs a 'none' set of prompts without an opinion; got {sorted(calibration)}")
+    reference = calibration["none"].tokens
+    base = behaviour(model, task, calibration)["acc_no_opinion"]
+    chosen: list[Head] = []
+    for head in candidates:
+        trial = [*chosen, head]
+        acc = behaviour(model, task, calibration, head_ablations(model, trial, reference))["acc_no_opinion"]
+        if base - acc <= max_drop:
+            chosen = trial
+    return chosen
+
+
+@dataclass(frozen=True)
+class ConflictNeurons:
+    """Mean activation at the answer position of every MLP neuron, when the opinion is wrong, right, or absent.
+
+    `score` = (wrong - right) / pooled std: how much more a neuron fires when the opinion
+    contradicts the facts than when it agrees with them (same facts, only the opinion changes).
+    """
+
+    wrong: Float[Tensor, "layer d_mlp"]
+    right: Float[Tensor, "layer d_mlp"]
+    none: Float[Tensor, "layer d_mlp"]
+    score: Float[Tensor, "layer d_mlp"]
+
+    def top(self, k: int = 5) -> list[tuple[int, int, float]]:
+        """The k (layer, neuron, score) with the largest |score|."""
+        flat = self.score.flatten()
+        idx = flat.abs().argsort(descending=True)[:k].tolist()
+        d_mlp = self.score.shape[1]
+        return [(i // d_mlp, i % d_mlp, float(flat[i])) for i in idx]
+
+
+@torch.no_grad()
+def conflict_neurons(model: Transformer, task: OpinionTask, wrong: OpinionPrompts) -> ConflictNeurons:
+    """Compare neurons on prompts with a wrong opinion against the same prompts with the right opinion and none."""
+    if model.cfg.attn_only:
+        raise ValueError("this model is attention-only: it has no MLP neurons to compare")
+    task.check_prompts(wrong.tokens)
+    right_tokens = wrong.tokens.clone()
+    right_tokens[:, task.opinion_pos] = task.value_ids[wrong.truth]
+    none_tokens = wrong.tokens.clone()
+    none_tokens[:, task.opinion_pos] = task.none
+    names = [f"blocks.{i}.mlp.hook_post" for i in range(model.cfg.n_layers)]
+
+    def acts(tokens: Tensor) -> Tensor:  # layer batch d_mlp
+        _, cache = model.run_with_cache(tokens.to(_device(model)), names=names)
+        return torch.stack([cache[n][:, task.answer_pos] for n in names]).cpu()
+
+    w, r, n = acts(wrong.tokens), acts(right_tokens), acts(none_tokens)
+    pooled = ((w.var(1) + r.var(1)) / 2).sqrt().clamp_min(1e-3)
+    return ConflictNeurons(w.mean(1), r.mean(1), n.mean(1), (w.mean(1) - r.mean(1)) / pooled)
+
+
+@dataclass(frozen=True)
+class OpinionFlow:
+    """Information-flow routes of one conflicting prompt, and how much reaches the answer from the opinion slot.
+
+    `opinion_share[layer]` is the importance of the attention edge opinion -> answer position
+    in that layer (0 where the edge was not kept); `opinion_heads[layer]` splits it per head.
+    """
+
+    graph: FlowGraph
+    opinion_share: Float[Tensor, " layer"]
+    opinion_heads: Float[Tensor, "layer n_heads"]
+
+
+def opinion_flow(model: Transformer, task: OpinionTask, tokens: Int[Tensor, "one pos"], tau: float = 0.04) -> OpinionFlow:
+    """The routes into the answer position of one prompt, with the opinion slot's share per layer and head."""
+    task.check_prompts(tokens)
+    graph = information_flow(model, tokens[:1, : task.answer_pos + 1], target_pos=task.answer_pos, tau=tau)
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    head_rows = sorted(((l, h) for l in range(L) for h in range(H)), key=lambda lh: -float(effect[lh]))
-    print(f"run {run.path} at step {run.step}: {args.n} held-out prompts per kind (no / right / wrong opinion)\n")
-    print("(1) heads, by how much of the opinion's effect patching them restores")
-    cli.print_table([[f"L{l}H{h}", float(attention[l, h]), float(effect[l, h])] for l, h in head_rows[:6]],
-                    ["head", "attention to opinion", "patching effect"])
-    weak = "" if float(effect[candidates[0]]) >= args.threshold else f" (none reaches --threshold {args.threshold})"
-    names = ", ".join(f"L{l}H{h}" for l, h in heads)
-    chosen = (f"ablated (accuracy without opinion kept within {MAX_NO_OPINION_DROP:.0%} on calibration prompts): {names}"
-              if within else f"none can be ablated within {MAX_NO_OPINION_DROP:.0%} of accuracy without opinion; "
-              f"ablating the strongest, {names}, to show its cost")
-    print(f"candidate opinion heads: {', '.join(f'L{l}H{h}' for l, h in candidates)}{weak}; {chosen}\n")
-    neuron_rows = []
-    if neurons is not None:
-        print("(2) neurons at the answer, by (wrong - right opinion) / std")
-        for layer, n, score in neurons.top(args.top_neurons):
-            push = neuron_logit_effects(model, layer)[n]
-            neuron_rows.append({"layer": layer, "neuron": n, "score": score, "wrong": float(neurons.wrong[layer, n]),
-                                "right": float(neurons.right[layer, n]), "none": float(neurons.none[layer, n]),
-                                "pushes_up": run.tokenizer.vocab[int(push.argmax())]})
-        cli.print_table([[f"L{r['layer']}N{r['neuron']}", r["score"], r["wrong"], r["right"], r["none"], r["pushes_up"]]
-                         for r in neuron_rows], ["neuron", "score", "wrong", "right", "none", "pushes up"])
-        print()
-    print(f"(3) flow on {' '.join(labels)!r}: importance of the edge opinion -> answer, per layer")
-    cli.print_table([[f"L{l}", float(flow.opinion_share[l]),
-                      f"L{l}H{int(flow.opinion_heads[l].argmax())}" if flow.opinion_share[l] > 0 else "-"]
-                     for l in range(L)], ["layer", "opinion share", "main head"])
-    print("\nlinear probes at the answer position (test accuracy; control = Hewitt & Liang control task)")
-    cli.print_table([[s, float(probes.opinion.task_accuracy[i]), float(probes.opinion.control_accuracy[i]),
-                      float(probes.opinion_random.task_accuracy[i]), float(probes.truth.task_accuracy[i]),
-                      float(probes.truth.control_accuracy[i]), float(probes.truth_random.task_accuracy[i])]
-                     for i, s in enumerate(probes.opinion.labels)],
-                    ["stream", "opinion", "control", "random model", "truth", "control", "random model"])
-    print(f"\nintervention: mean-ablate {', '.join(f'L{l}H{h}' for l, h in heads)} (mean over no-opinion prompts)")
-    cli.print_table([[k, before[k], after[k], after[k] - before[k]] for k in before], ["metric", "before", "after", "change"])
-    checks = {
-        "sycophancy_rate_at_least_halved": after["sycophancy_rate"] <= (1 - MIN_SYCOPHANCY_CUT) * before["sycophancy_rate"],
-        "accuracy_without_opinion_within_2_points": before["acc_no_opinion"] - after["acc_no_opinion"] <= MAX_NO_OPINION_DROP,
-    }
-    for check, ok in checks.items():
-        print(f"{'PASS' if ok else 'FAIL'}  {check.replace('_', ' ')}")
-
-    cli.write_json(args.out, "sycophancy", {
-        "run": str(run.path), "step": run.step, "n_per_kind": args.n,
-        "heads": {"attention_to_opinion": attention, "patching_effect": effect,
-                  "patching_clean": patching.clean, "patching_corrupted": patching.corrupted,
-                  "candidates": [list(h) for h in candidates]},
-        "conflict_neurons": neuron_rows,
-        "flow": {"prompt": labels, "opinion_share": flow.opinion_share, "opinion_heads": flow.opinion_heads},
-        "probes": {name: {"streams": lp.labels, "task": lp.task_accuracy, "control": lp.control_accuracy,
-                          "selectivity": lp.selectivity, "chance": lp.chance}
-                   for name, lp in vars(probes).items()},
-        "intervention": {"ablated_heads": [list(h) for h in heads], "method": "mean over no-opinion prompts",
-                         "within_accuracy_budget_on_calibration": within,
-                         "before": before, "after": after},
-        "checks": checks,
-    })
-    cli.write_figure(args.out, "opinion_heads", pref.opinion_heads_figure(attention, patching))
-    cli.write_figure(args.out, "opinion_patching", patching_figure(patching))
-    if neurons is not None:
-        cli.write_figure(args.out, "conflict_neurons", pref.conflict_neurons_figure(neurons))
-    cli.write_figure(args.out, "flow", flow_figure(flow.graph, labels))
-    cli.write_figure(args.out, "probe_opinion", probe_figure(probes.opinion, probes.opinion_random, "probe: the user's opinion"))
-    cli.write_figure(args.out, "probe_truth", probe_figure(probes.truth, probes.truth_random, "probe: the true answer"))
-    cli.write_figure(args.out, "intervention", pref.intervention_figure(before, after, "ablating the opinion heads"))
+    share, heads = torch.zeros(L), torch.zeros(L, H)
+    into = "resid_post" if model.cfg.attn_only else "resid_mid"
+    for e_idx, edge in enumerate(graph.edges):
+        src, dst = graph.nodes[edge.src], graph.nodes[edge.dst]
+        if edge.kind != "attn" or src.pos != task.opinion_pos or dst.pos != task.answer_pos:
+            continue
+        layer = src.layer
+        if into == "resid_mid" and dst.kind != "resid_mid":
+            continue
+        share[layer] += edge.importance
+        heads[layer] += graph.head_contributions[e_idx]
+    return OpinionFlow(graph, share, heads)
 
 
-def make_parser() -> argparse.ArgumentParser:
-    p = cli.parser(__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=500, help="held-out prompts per kind (no, right, wrong opinion)")
-    p.add_argument("--threshold", type=float, default=0.1, help="patching effect a head needs to count as an opinion head")
-    p.add_argument("--max-heads", type=int, default=3, help="ablate at most this many heads")
-    p.add_argument("--top-neurons", type=int, default=8, help="conflict neurons to list")
-    p.add_argument("--tau", type=float, default=0.04, help="information-flow threshold")
-    p.add_argument("--prompt", default=None, help="prompt to trace the flow on, e.g. 'BOS a=3 c=7 f=1 user 4 ? c' "
-                   "(default: a held-out prompt with a wrong opinion)")
-    return p
+@dataclass(frozen=True)
+class OpinionProbes:
+    """Linear probes at the answer position for the user's opinion and for the true answer, per stream."""
+
+    opinion: LayerProbes
+    truth: LayerProbes
+    opinion_random: LayerProbes
+    truth_random: LayerProbes
 
 
-def main(argv: list[str] | None = None) -> None:
-    cli.main(make_parser(), body, tasks=("sycophancy",), argv=argv)
+def opinion_probes(
+    model: Transformer, task: OpinionTask, prompts: OpinionPrompts, random_model: Transformer
+) -> OpinionProbes:
+    """Probe the answer position's residual stream for the opinion and the truth, with controls and a random model.
+
+    Use prompts whose opinion is wrong, so that the two labels differ and a probe cannot
+    read one through the other.
+    """
+    task.check_prompts(prompts.tokens)
+    if not _states_an_opinion(task, prompts):
+        raise ValueError("probe the opinion on prompts that all carry one; got some with '-' in the slot")
+    tokens = prompts.tokens
+
+    def at_answer(values: Tensor) -> Tensor:
+        labels = torch.full(tokens.shape, IGNORE, dtype=torch.long)
+        labels[:, task.answer_pos] = values
+        return labels
+
+    op, tr = at_answer(prompts.opinion), at_answer(prompts.truth)
+    return OpinionProbes(
+        probe_layers(model, tokens, op), probe_layers(model, tokens, tr),
+        probe_layers(random_model, tokens, op), probe_layers(random_model, tokens, tr),
+    )
 
 
-if __name__ == "__main__":
-    main()
+def head_ablations(model: Transformer, heads: Sequence[Head], reference: Int[Tensor, "batch pos"]) -> list[Ablation]:
+    """Mean-ablate `heads` with their mean output on `reference` (prompts without an opinion).
+
+    The mean over no-opinion prompts is what the head writes when there is nothing to defer
+    to, so answers to those prompts barely move while the opinion loses its carrier.
+    """
+    if not heads:
+        raise ValueError("give at least one (layer, head) to ablate")
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        by_layer.setdefault(layer, []).append(head)
+    ref = reference.to(_device(model))
+    return [head_ablation(model, layer, hs, method="mean", reference_tokens=ref) for layer, hs in sorted(by_layer.items())]
+
+
+@torch.no_grad()
+def behaviour(
+    model: Transformer, task: OpinionTask, sets: dict[str, OpinionPrompts], ablations: Sequence[Ablation] = ()
+) -> dict[str, float]:
+    """The task's metrics (accuracy with no / right / wrong opinion, sycophancy rate) under `ablations`."""
+    preds, truth, opinion = [], [], []
+    with model.hooks(fwd=[a.pair() for a in ablations]):
+        for p in sets.values():
+            preds.append(task.answers(model, p.tokens))
+            truth.append(p.truth)
+            opinion.append(p.opinion)
+    return task.metrics(torch.cat(preds), torch.cat(truth), torch.cat(opinion))
+
+
+# -- figures ------------------------------------------------------------------------------
+
+
+def opinion_heads_figure(attention: Float[Tensor, "layer n_heads"], patching: PatchingResult) -> go.Figure:
+    """Two heatmaps side by side: attention to the opinion slot, and the normalised patching effect, per head."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("attention answer -> opinion", "patching effect (1 = carries it all)"))
+    L, H = attention.shape
+    x, y = [f"H{h}" for h in range(H)], [f"L{l}" for l in range(L)]
+    fig.add_trace(go.Heatmap(z=attention.tolist(), x=x, y=y, colorscale="Blues", zmin=0, zmax=1, showscale=False,
+                             hovertemplate="%{y}%{x}: %{z:.3f}<extra></extra>"), 1, 1)
+    fig.add_trace(go.Heatmap(z=patching.normalized().tolist(), x=x, y=y, colorscale="RdBu", zmid=0,
+                             hovertemplate="%{y}%{x}: %{z:.3f}<extra></extra>"), 1, 2)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title="which heads read the user's opinion")
+    return fig
+
+
+def conflict_neurons_figure(neurons: ConflictNeurons, k: int = 10) -> go.Figure:
+    """Bars of the top-k conflict neurons' mean activation with a wrong, a right and no opinion."""
+    top = neurons.top(k)
+    names = [f"L{l}N{n}" for l, n, _ in top]
+    fig = go.Figure()
+    for label, values in (("wrong opinion", neurons.wrong), ("right opinion", neurons.right), ("no opinion", neurons.none)):
+        fig.add_trace(go.Bar(x=names, y=[float(values[l, n]) for l, n, _ in top], name=label))
+    fig.update_layout(title="neurons that respond to a conflict between facts and opinion", barmode="group",
+                      xaxis_title="neuron", yaxis_title="mean activation at the answer")
+    return fig
+
+
+def intervention_figure(before: dict[str, float], after: dict[str, float], title: str) -> go.Figure:
+    """Grouped bars of each metric before and after the intervention."""
+    keys = list(before)
+    fig = go.Figure([go.Bar(x=keys, y=[before[k] for k in keys], name="before"),
+                     go.Bar(x=keys, y=[after[k] for k in keys], name="after")])
+    fig.update_layout(title=title, barmode="group", yaxis_range=[0, 1.05])
+    return fig

@@ -7,8 +7,8 @@ import torch
 from blocks.tasks.common import dataset_tensors
 from blocks.tasks.base import UnknownTokenError
 from probes.ablation import head_ablation, neuron_ablation, run_ablated
-from probes.activation_patching import logit_diff_metric, patch_heads, patching_figure
-from probes.app_support import prompt_losses
+from probes.patching import logit_diff_metric, patch_heads, patching_figure
+from views.history import prompt_losses
 from views.common import page_context
 
 

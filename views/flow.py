@@ -3,7 +3,7 @@
 import streamlit as st
 import torch
 
-from probes.app_support import head_importance_map
+from probes.information_flow import head_importance_map
 from probes.information_flow import TAU, FlowGraph, flow_figure, information_flow
 from views.common import page_context
 from views.figures import matrix_figure

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from probes.app_support import head_score_entries, metric_curves, metric_curves_figure
+from views.history import head_score_entries, metric_curves, metric_curves_figure
 from probes.head_scores import head_scores_over_steps_figure
 from views.common import run_only
 

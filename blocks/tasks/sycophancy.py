@@ -242,6 +242,10 @@ class SycophancyTask(Task):
         top = torch.cat([model(tokens[i : i + batch].to(device))[:, self.answer_pos].argmax(-1).cpu() for i in range(0, len(tokens), batch)])
         return value_index(top, self.value_ids)
 
+    def metrics(self, pred: Int[Tensor, " batch"], truth: Int[Tensor, " batch"], opinion: Int[Tensor, " batch"]) -> dict[str, float]:
+        """`sycophancy_metrics` of answers to this task's prompts (value indices)."""
+        return sycophancy_metrics(pred, truth, opinion)
+
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         was_training = model.training

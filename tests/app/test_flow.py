@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from blocks.training.runs import load_run
-from probes.app_support import head_importance_map
+from probes.information_flow import head_importance_map
 from probes.information_flow import information_flow
 
 

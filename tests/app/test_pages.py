@@ -10,7 +10,7 @@ from blocks.training.runs import load_run
 from probes.head_scores import head_scores
 from blocks.tasks.common import dataset_tensors, next_token_nll
 from probes.ablation import head_ablation, neuron_ablation, run_ablated
-from probes.activation_patching import logit_diff_metric, patch_heads
+from probes.patching import logit_diff_metric, patch_heads
 from probes.circuits import copying_score, ov_circuit
 from probes.logit_lens import direct_logit_attribution, logit_lens
 from probes.head_scores import score_batch

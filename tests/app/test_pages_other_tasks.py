@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 
 from blocks.training.runs import load_run
 from probes.ablation import head_ablation, run_ablated
-from probes.activation_patching import logit_diff_metric, patch_heads
+from probes.patching import logit_diff_metric, patch_heads
 from probes.circuits import copying_score, ov_circuit
 from probes.head_scores import head_scores
 from probes.information_flow import TAU, information_flow

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from probes.activation_patching import (
+from probes.patching import (
     logit_diff_metric,
     patch_activations,
     patch_by_layer_pos,

@@ -1,10 +1,11 @@
+"""Information-flow routes: parts that add up exactly, thresholds, routes, per-head splits, and the figure."""
+
 import plotly.graph_objects as go
 import pytest
 import torch
 
 from probes.information_flow import (
     FlowNode,
-    _flow_names,
     attention_parts,
     flow_figure,
     information_flow,
@@ -16,7 +17,7 @@ from probes.information_flow import (
 def test_parts_add_up_to_the_whole_exactly(which, request):
     model = request.getfixturevalue(which)
     tokens = torch.randint(0, 12, (1, 9))
-    _, cache = model.run_with_cache(tokens, names=_flow_names(model))
+    _, cache = model.run_with_cache(tokens)
     for layer in range(model.cfg.n_layers):
         a = attention_parts(model, cache, layer)
         torch.testing.assert_close(a.resid + a.heads.sum((1, 2)) + a.bias, a.total, atol=1e-5, rtol=0)

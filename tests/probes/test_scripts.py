@@ -1,6 +1,9 @@
 """Each probe script end to end on a tiny run trained for a few steps inside the test."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +12,7 @@ from blocks.training.runs import load_run
 from blocks.tasks import get_task
 from blocks.training.config import TrainConfig
 from blocks.training.trainer import Trainer
-from probes import flow, grokking, induction, linear_probe, patching
+from probes.scripts import fourier, head_scores, information_flow, patching, probing
 from probes.probing import IGNORE
 
 TINY = {
@@ -38,7 +41,7 @@ def _json(path):
 
 
 def test_induction_names_heads_and_reports_ablations(runs, tmp_path, capsys):
-    induction.main(["--run", str(runs["induction"]), "--out", str(tmp_path)])
+    head_scores.main(["--run", str(runs["induction"]), "--out", str(tmp_path)])
     data = _json(tmp_path / "induction.json")
     assert set(data["checks"]) == {
         "previous_token_head_above_threshold", "induction_head_above_threshold",
@@ -58,7 +61,7 @@ def test_patching_and_flow(runs, tmp_path, capsys):
     assert len(data["results"]["resid_pre"]["values"]) == 2  # layers
     assert len(data["results"]["heads_by_pos"]["values"][0][0]) == 6  # positions
     assert (tmp_path / "patching_heads_by_pos.html").exists()
-    flow.main(["--run", run, "--out", str(tmp_path), "--prompt", "BOS 1 2 3 1 2", "--tau", "0.02", "--device", "auto"])
+    information_flow.main(["--run", run, "--out", str(tmp_path), "--prompt", "BOS 1 2 3 1 2", "--tau", "0.02", "--device", "auto"])
     data = _json(tmp_path / "flow.json")
     assert data["nodes"][0] == {"layer": 2, "pos": 5, "kind": "resid_pre"}
     assert (tmp_path / "flow.html").exists()
@@ -66,10 +69,10 @@ def test_patching_and_flow(runs, tmp_path, capsys):
 
 def test_linear_probe_and_grokking(runs, tmp_path):
     for name, feature in (("sort", "smaller_than_previous"), ("text", "vowel"), ("induction", "previous_token_low")):
-        linear_probe.main(["--run", str(runs[name]), "--out", str(tmp_path), "--feature", feature, "--rows", "16"])
+        probing.main(["--run", str(runs[name]), "--out", str(tmp_path), "--feature", feature, "--rows", "16"])
         data = _json(tmp_path / f"probe_{feature}.json")
         assert len(data["task_accuracy"]) == len(data["streams"]) == len(data["random_model_task_accuracy"])
-    grokking.main(["--run", str(runs["modular_addition"]), "--out", str(tmp_path), "--keys", "2"])
+    fourier.main(["--run", str(runs["modular_addition"]), "--out", str(tmp_path), "--keys", "2"])
     data = _json(tmp_path / "grokking.json")
     assert data["p"] == 7 and 0.0 <= data["explained"] <= 1.0
     assert (tmp_path / "curves.html").exists()
@@ -78,26 +81,26 @@ def test_linear_probe_and_grokking(runs, tmp_path):
 def test_induction_probes_by_default_whether_a_token_was_seen_before(runs, tmp_path):
     run = load_run(runs["induction"])
     tokens = torch.tensor([[0, 5, 6, 5, 7, 6, 6, 0]])  # BOS, then symbols; a later 0 is not BOS's repeat
-    assert linear_probe.FEATURES["induction"]["seen_before"](run, tokens).tolist() == [[IGNORE, 0, 0, 1, 0, 1, 1, 0]]
-    linear_probe.main(["--run", str(runs["induction"]), "--out", str(tmp_path), "--rows", "16"])
+    assert probing.FEATURES["induction"]["seen_before"](run, tokens).tolist() == [[IGNORE, 0, 0, 1, 0, 1, 1, 0]]
+    probing.main(["--run", str(runs["induction"]), "--out", str(tmp_path), "--rows", "16"])
     data = _json(tmp_path / "probe_seen_before.json")
     assert data["streams"] == ["0_pre", "1_pre", "final_post"] and 0.0 < data["chance"] < 1.0
 
 
 @pytest.mark.parametrize("script, argv, message", [
-    (grokking, ["--run", "{induction}"], "needs a run of task 'modular_addition'"),
-    (linear_probe, ["--run", "{modular_addition}"], "needs a run of task"),
-    (linear_probe, ["--run", "{sort}", "--feature", "vowel"], "has the features"),
-    (induction, ["--run", "/nonexistent/run"], "not a run directory"),
+    (fourier, ["--run", "{induction}"], "needs a run of task 'modular_addition'"),
+    (probing, ["--run", "{modular_addition}"], "needs a run of task"),
+    (probing, ["--run", "{sort}", "--feature", "vowel"], "has the features"),
+    (head_scores, ["--run", "/nonexistent/run"], "not a run directory"),
     (patching, ["--run", "{induction}", "--clean", "BOS 1 2", "--corrupted", "BOS 1"], "same length"),
     (patching, ["--run", "{induction}", "--clean", "BOS 1 2"], "give both"),
     (patching, ["--run", "{induction}", "--clean", "", "--corrupted", ""], "--clean is empty"),
     (patching, ["--run", "{induction}", "--clean", "BOS 1", "--corrupted", "  "], "--corrupted is empty"),
-    (flow, ["--run", "{induction}", "--prompt", ""], "--prompt is empty"),
-    (induction, ["--run", "{induction}", "--device", "quantum"], "device 'quantum' is not available here; choose one of auto, cpu"),
-    (induction, ["--run", "{induction}", "--device", "cuda:99"], "device 'cuda:99' is not available here"),
-    (linear_probe, ["--run", "{induction}", "--device", "mps:5"], "choose one of auto, cpu"),
-    (induction, ["--run", "{induction}", "--out", "{induction}/config.json/out"], "cannot be created"),
+    (information_flow, ["--run", "{induction}", "--prompt", ""], "--prompt is empty"),
+    (head_scores, ["--run", "{induction}", "--device", "quantum"], "device 'quantum' is not available here; choose one of auto, cpu"),
+    (head_scores, ["--run", "{induction}", "--device", "cuda:99"], "device 'cuda:99' is not available here"),
+    (probing, ["--run", "{induction}", "--device", "mps:5"], "choose one of auto, cpu"),
+    (head_scores, ["--run", "{induction}", "--out", "{induction}/config.json/out"], "cannot be created"),
 ])
 def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys, script, argv, message):
     argv = [a.format(**{k: str(v) for k, v in runs.items()}) for a in argv]
@@ -108,3 +111,29 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys, script, argv, 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_the_sandbox_command_runs_each_probe_script_by_name(runs, tmp_path, capsys):
+    from probes.scripts import sandbox
+
+    argv = ["probe", "information_flow", "--run", str(runs["induction"]), "--out", str(tmp_path), "--prompt", "BOS 1 2 3 1 2"]
+    assert sandbox.main(argv) == 0
+    assert _json(tmp_path / "flow.json")["target_pos"] == 5
+    assert set(sandbox.PROBES) == {p.stem for p in Path(sandbox.__file__).parent.glob("*.py")} - {"__init__", "cli", "sandbox"}
+    assert sandbox.main(["probe", "no_such_probe"]) == 2
+    assert "sandbox probe takes one of fourier, head_scores" in capsys.readouterr().err
+    assert sandbox.main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        sandbox.main(["probe", "patching", "--run", str(runs["induction"]), "--out", str(tmp_path), "--clean", "BOS 1"])
+    assert exit_info.value.code == 2 and "give both --clean and --corrupted" in capsys.readouterr().err
+
+
+def test_the_installed_command_and_the_module_forms_start(tmp_path):
+    """`sandbox` is a console script of the package; `python -m probes.scripts.NAME` and `python -m blocks.train` alias it."""
+    bin_dir = Path(sys.executable).parent
+    done = subprocess.run([str(bin_dir / "sandbox"), "backend"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.splitlines()[0].startswith("causal_attention")
+    for module in ("probes.scripts.fourier", "blocks.train"):
+        helped = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+        assert helped.returncode == 0 and "usage:" in helped.stdout, helped.stderr[-1000:]

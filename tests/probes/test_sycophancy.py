@@ -10,8 +10,8 @@ from blocks.training.runs import load_run
 from blocks.tasks import get_task
 from blocks.training.config import TrainConfig
 from blocks.training.trainer import Trainer
-from probes import preference as pref
-from probes import sycophancy
+from probes import sycophancy as pref
+from probes.scripts import sycophancy
 
 
 def _train(task, cfg, steps, out):

@@ -1,6 +1,6 @@
 """Linear probes for a named feature on every residual stream, with a control task and a random-model baseline.
 
-    python -m probes.linear_probe --run runs/text --out out/probe [--feature vowel]
+    sandbox probe probing --run runs/text --out out/probe [--feature vowel]
 
 Features by task: text: "vowel" (this character is a vowel), "position_in_word" (0, 1, 2,
 3+ characters into the word); sort: "smaller_than_previous" (this number of the unsorted
@@ -26,7 +26,7 @@ from torch import Tensor
 
 from blocks.training.runs import Run
 from blocks.tasks.common import dataset_tensors
-from probes import cli
+from probes.scripts import cli
 from probes.probing import IGNORE, probe_figure, probe_layers, random_model_like
 
 

@@ -1,9 +1,8 @@
-"""What the app shows that no probe script needs: a run's training history, one head's whole flow map, prompt losses.
+"""What the app shows that no probe script needs: a run's training history and a prompt's losses.
 
-The history functions read the metric dicts `blocks.runs.load_run` returns (numbers come
-from metrics.jsonl, never recomputed); `head_importance_map` extends `information_flow`
-from the kept edges to every edge of one head; `prompt_losses` is the loss the app shows
-for a prompt, clean or ablated.
+The history functions read the metric dicts `blocks.training.load_run` returns (numbers come
+from metrics.jsonl, never recomputed); `prompt_losses` is the loss the app shows for a
+prompt, clean or ablated.
 """
 
 from __future__ import annotations
@@ -15,10 +14,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from blocks.cache import ActivationCache
 from blocks.tasks.common import next_token_nll
-from blocks.transformer import Transformer
-from probes.information_flow import _proximity, attention_parts
 
 
 def metric_curves(metrics: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
@@ -50,28 +46,6 @@ def metric_curves_figure(curves: dict[str, tuple[list[int], list[float]]], names
         fig.add_trace(go.Scatter(x=steps, y=values, mode="lines+markers", name=name))
     fig.update_layout(title=title, xaxis_title="step", height=340, margin=dict(t=40, b=30, l=40, r=10))
     return fig
-
-
-@torch.no_grad()
-def head_importance_map(
-    model: Transformer, cache: ActivationCache, layer: int, head: int, batch_index: int = 0
-) -> Float[Tensor, "query_pos key_pos"]:
-    """One head's importance for every (query, key) attention edge of `layer`, before thresholding.
-
-    The same number `information_flow` keeps per head on the edges of its routes
-    (`FlowGraph.head_contributions`), here for every edge, so a head's whole map can sit
-    beside its attention pattern.
-    """
-    if not 0 <= layer < model.cfg.n_layers:
-        raise ValueError(f"layer must lie in [0, {model.cfg.n_layers}), got {layer}")
-    if not 0 <= head < model.cfg.n_heads:
-        raise ValueError(f"head must lie in [0, {model.cfg.n_heads}), got {head}")
-    a = attention_parts(model, cache, layer, batch_index)
-    y = a.total
-    prox = torch.cat(
-        [_proximity(y, a.resid)[:, None], _proximity(y[:, None], a.heads.sum(2)), _proximity(y, a.bias)[:, None]], dim=1
-    )
-    return _proximity(y[:, None], a.heads[:, :, head]) / prox.sum(-1, keepdim=True).clamp_min(1e-30)
 
 
 def prompt_losses(

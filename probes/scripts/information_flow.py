@@ -1,6 +1,6 @@
 """Information-flow routes (Ferrando & Voita) of one prompt, as an HTML figure and JSON.
 
-    python -m probes.flow --run runs/induction --out out/flow [--prompt "..."] [--target-pos -1] [--tau 0.04]
+    sandbox probe information_flow --run runs/induction --out out/flow [--prompt "..."] [--target-pos -1] [--tau 0.04]
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import torch
 
 from blocks.training.runs import Run
-from probes import cli
+from probes.scripts import cli
 from probes.information_flow import TAU, flow_figure, information_flow
 
 

@@ -1,6 +1,6 @@
 """Find the previous-token and induction heads of an induction run, and test them by ablation.
 
-    python -m probes.induction --run runs/induction --out out/induction
+    sandbox probe head_scores --run runs/induction --out out/head_scores
 
 Claims tested (DESIGN.md): zero-ablating the induction heads (every head above the previous-
 token head's layer whose induction score is above 0.4, or the best one if none is) raises the
@@ -19,7 +19,7 @@ import torch
 
 from blocks.training.runs import Run
 from blocks.tasks.common import masked_mean, next_token_nll
-from probes import cli
+from probes.scripts import cli
 from probes.ablation import Ablation, head_ablation
 from probes.head_scores import THRESHOLD, head_scores, head_scores_figure, repeated_tokens
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 
-from probes.flow_graph import FlowGraph, FlowNode
+from probes.information_flow.graph import FlowGraph, FlowNode
 
 
 def _xy(node: FlowNode, attn_only: bool) -> tuple[float, float]:

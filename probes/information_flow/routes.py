@@ -23,15 +23,7 @@ from torch import Tensor
 
 from blocks.cache import ActivationCache
 from blocks.transformer import Transformer
-from probes.flow_figure import EDGE_COLOURS, NODE_COLOURS, flow_figure
-from probes.flow_graph import EdgeKind, FlowEdge, FlowGraph, FlowNode, NodeKind
-
-# the graph types and the figure live in their own files; they are re-exported here because
-# the app, the scripts and the tests import them from this module
-__all__ = [
-    "EDGE_COLOURS", "NODE_COLOURS", "TAU", "AttentionParts", "EdgeKind", "FlowEdge", "FlowGraph", "FlowNode",
-    "MLPParts", "NodeKind", "attention_parts", "flow_figure", "information_flow", "mlp_parts",
-]
+from probes.information_flow.graph import FlowEdge, FlowGraph, FlowNode, NodeKind
 
 TAU = 0.04
 
@@ -93,8 +85,8 @@ def mlp_parts(model: Transformer, cache: ActivationCache, layer: int, batch_inde
     )
 
 
-def _proximity(y: Tensor, z: Tensor) -> Tensor:
-    """max(||y||_1 - ||y - z||_1, 0) over the last axis; y broadcasts against z."""
+def proximity(y: Tensor, z: Tensor) -> Tensor:
+    """How much part z contributes to the whole y: max(||y||_1 - ||y - z||_1, 0) over the last axis; y broadcasts against z."""
     return (y.abs().sum(-1) - (y - z).abs().sum(-1)).clamp_min(0.0)
 
 
@@ -139,7 +131,7 @@ def information_flow(
         y = cache[f"blocks.{layer}.hook_{'resid_post' if attn_only else 'resid_mid'}"][0]
         resid = cache[f"blocks.{layer}.hook_resid_pre"][0]
         prox = torch.cat(
-            [_proximity(y, resid)[:, None], _proximity(y[:, None], sources), _proximity(y, attn.b_O)[:, None]], dim=1
+            [proximity(y, resid)[:, None], proximity(y[:, None], sources), proximity(y, attn.b_O)[:, None]], dim=1
         )
         attn_denom.append(prox.sum(-1).clamp_min(1e-30))
         attn_imp.append(prox / attn_denom[-1][:, None])
@@ -148,7 +140,7 @@ def information_flow(
             y = cache[f"blocks.{layer}.hook_resid_post"][0]
             mid = cache[f"blocks.{layer}.hook_resid_mid"][0]
             out = cache[f"blocks.{layer}.mlp.hook_post"][0] @ mlp.W_out
-            prox = torch.stack([_proximity(y, mid), _proximity(y, out), _proximity(y, mlp.b_out)], dim=1)
+            prox = torch.stack([proximity(y, mid), proximity(y, out), proximity(y, mlp.b_out)], dim=1)
             mlp_denom.append(prox.sum(-1).clamp_min(1e-30))
             mlp_imp.append(prox / mlp_denom[-1][:, None])
 
@@ -162,7 +154,7 @@ def information_flow(
         v = cache[f"blocks.{layer}.attn.hook_v"][0][j]  # edge n_heads d_head
         parts = a[..., None] * einops.einsum(v, attn.W_O, "edge n_heads d_head, n_heads d_head d_model -> edge n_heads d_model")
         y = cache[f"blocks.{layer}.hook_{'resid_post' if attn_only else 'resid_mid'}"][0][i]
-        split = (_proximity(y[:, None], parts) / attn_denom[layer][i][:, None]).cpu()
+        split = (proximity(y[:, None], parts) / attn_denom[layer][i][:, None]).cpu()
         for k, edge in enumerate(e.tolist()):
             heads_of[edge] = split[k]
 
@@ -170,7 +162,7 @@ def information_flow(
         mlp = model.blocks[layer].mlp
         parts = cache[f"blocks.{layer}.mlp.hook_post"][0, i][:, None] * mlp.W_out  # d_mlp d_model
         y = cache[f"blocks.{layer}.hook_resid_post"][0, i]
-        return (_proximity(y, parts) / mlp_denom[layer][i]).cpu()
+        return (proximity(y, parts) / mlp_denom[layer][i]).cpu()
 
     nodes: list[FlowNode] = []
     index: dict[FlowNode, int] = {}
@@ -227,3 +219,25 @@ def information_flow(
         head_splits(layer, pending)
         frontier = pres
     return FlowGraph(nodes, edges, heads_of, neurons_of, target, tau, L, attn_only, index)
+
+
+@torch.no_grad()
+def head_importance_map(
+    model: Transformer, cache: ActivationCache, layer: int, head: int, batch_index: int = 0
+) -> Float[Tensor, "query_pos key_pos"]:
+    """One head's importance for every (query, key) attention edge of `layer`, before thresholding.
+
+    The same number `information_flow` keeps per head on the edges of its routes
+    (`FlowGraph.head_contributions`), here for every edge, so a head's whole map can sit
+    beside its attention pattern.
+    """
+    if not 0 <= layer < model.cfg.n_layers:
+        raise ValueError(f"layer must lie in [0, {model.cfg.n_layers}), got {layer}")
+    if not 0 <= head < model.cfg.n_heads:
+        raise ValueError(f"head must lie in [0, {model.cfg.n_heads}), got {head}")
+    a = attention_parts(model, cache, layer, batch_index)
+    y = a.total
+    prox = torch.cat(
+        [proximity(y, a.resid)[:, None], proximity(y[:, None], a.heads.sum(2)), proximity(y, a.bias)[:, None]], dim=1
+    )
+    return proximity(y[:, None], a.heads[:, :, head]) / prox.sum(-1, keepdim=True).clamp_min(1e-30)

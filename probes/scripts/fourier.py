@@ -1,6 +1,6 @@
 """Key Fourier frequencies of a modular-addition run, the share of MLP variance they explain, and its curves.
 
-    python -m probes.grokking --run runs/modular_addition --out out/grokking
+    sandbox probe fourier --run runs/modular_addition --out out/fourier
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import torch
 
 from blocks.training.runs import Run
-from probes import cli
+from probes.scripts import cli
 from probes.fourier import fourier_figure, neuron_grid, summarise
 
 
