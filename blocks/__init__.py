@@ -1,4 +1,8 @@
-"""The transformer built from scratchnn modules, with named hooks; its speed backend, tasks, training and runs."""
+"""The transformer assembled from scratchnn's modules, with named hooks, its activation cache and interop.
+
+Beside it: blocks.fast (the speed backend, registered on import), blocks.tasks (toy tasks),
+blocks.training (the trainer, run directories and `load_run`).
+"""
 
 from blocks import fast  # registers the fast backend's functions with scratchnn.backend
 from blocks.cache import ActivationCache, ComponentStack
@@ -7,10 +11,3 @@ from blocks.transformer import Transformer
 
 __all__ = ["ActivationCache", "ComponentStack", "Transformer", "TransformerConfig", "fast"]
 
-
-def __getattr__(name: str):  # load_run pulls in datasets; import it only when someone asks
-    if name in ("load_run", "list_checkpoints", "checkpoint_status", "Run"):
-        from blocks.training import runs
-
-        return getattr(runs, name)
-    raise AttributeError(f"module 'blocks' has no attribute {name!r}")

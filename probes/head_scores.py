@@ -69,7 +69,7 @@ def pattern_scores(pattern: Float[Tensor, "batch n_heads query_pos key_pos"], n:
         "current_token": p.diagonal(0, dim1=-2, dim2=-1).mean(-1),
         "first_token": p[:, :, 0].mean(-1),
         # query at 1+n+i (i-th of copy two) -> key 2+i (token after the i-th of copy one); the
-        # diagonal's first two entries are queries in copy one, which DESIGN.md leaves out
+        # diagonal's first two entries are queries in copy one, which the definition leaves out (docs/reference.md)
         "induction": p.diagonal(1 - n, dim1=-2, dim2=-1)[:, 2:].mean(-1),
         # query at 1+n+i -> key 1+i (the same token in copy one); the first entry is a copy-one query
         "duplicate_token": p.diagonal(-n, dim1=-2, dim2=-1)[:, 1:].mean(-1),
@@ -86,7 +86,7 @@ def head_scores(model: Transformer, tokens: Int[Tensor, "batch pos"], n: int) ->
     return {s: torch.stack([layer[s] for layer in per_layer]).cpu() for s in SCORE_NAMES}
 
 
-THRESHOLD = 0.4  # DESIGN.md: a head "is" a previous-token/induction/... head above this score
+THRESHOLD = 0.4  # a head "is" a previous-token/induction/... head above this score (docs/reference.md)
 
 
 def top_heads(scores: Float[Tensor, "layer n_heads"], k: int = 1) -> list[tuple[int, int, float]]:

@@ -1,4 +1,4 @@
-"""Modular addition `a b = c` with c = (a + b) mod p: the grokking set-up of DESIGN.md."""
+"""Modular addition `a b = c` with c = (a + b) mod p: the grokking set-up of docs/reference.md (Nanda et al., 2023)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
     sandbox probe head_scores --run runs/induction --out out/head_scores
 
-Claims tested (DESIGN.md): zero-ablating the induction heads (every head above the previous-
+Claims tested (docs/reference.md, "Published results"): zero-ablating the induction heads (every head above the previous-
 token head's layer whose induction score is above 0.4, or the best one if none is) raises the
 loss on the repeated half of [BOS] + r + r by at least 1 nat; zero-ablating the previous-token
 heads (every head of that layer above 0.4, or the best one) brings the induction heads' mean

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from blocks import load_run as load_run_from_package
+from blocks.training import load_run as load_run_from_package
 from blocks.training.checkpoints import checkpoint_files
 from blocks.training.runs import checkpoint_status, list_checkpoints, load_run, read_metrics
 from blocks.training.cli import build

@@ -30,7 +30,7 @@ def test_hand_built_patterns_have_known_scores():
     assert s["previous_token"][0] == 1.0
     assert s["first_token"][1] == 1.0
     assert s["current_token"][1] == pytest.approx(1 / pos)
-    # DESIGN.md averages the offset 1-n diagonal over the second copy only: a perfect
+    # docs/reference.md averages the offset 1-n diagonal over the second copy only: a perfect
     # induction head scores exactly 1, and its first-copy queries (n-1 and n) do not dilute it
     assert s["induction"][2] == pytest.approx(1.0)
     assert s["induction"][0] == 0.0

@@ -2,10 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-from scratchnn import GELU, Embedding, Flatten, LayerNorm, ReLU
+from scratchnn import GELU, Embedding, Flatten, HookedModule, LayerNorm, ReLU
 
 
-def test_layernorm_matches_torch_values_grads_and_state_dict() -> None:
+def test_layernorm_matches_torch_values_grads_and_state_dict(code_path: str) -> None:
     torch.manual_seed(0)
     ours, ref = LayerNorm(16), nn.LayerNorm(16, eps=1e-5)
     with torch.no_grad():
@@ -20,6 +20,31 @@ def test_layernorm_matches_torch_values_grads_and_state_dict() -> None:
     torch.testing.assert_close(x.grad, x_ref.grad)
     torch.testing.assert_close(ours.weight.grad, ref.weight.grad)
     nn.LayerNorm(16).load_state_dict(ours.state_dict())  # and back
+
+
+class OneLayerNorm(HookedModule):
+    """A root for one LayerNorm, so that its hook points get names ("ln.hook_scale", ...)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.ln = LayerNorm(width)
+        self.setup_hooks()
+
+
+def test_layernorm_hooks_read_its_scale_and_output(code_path: str) -> None:
+    root = OneLayerNorm(8)
+    with torch.no_grad():
+        root.ln.weight.uniform_(0.5, 1.5)
+        root.ln.bias.normal_()
+    x = torch.randn(3, 8) * 4
+    plain = root.ln(x)  # nobody listens to the scale: the fast path where the backend is on
+    seen: dict[str, torch.Tensor] = {}
+    with root.hooks(fwd=[(lambda name: name.startswith("ln."), lambda act, hook: seen.update({hook.name: act}))]):
+        out = root.ln(x)
+    torch.testing.assert_close(seen["ln.hook_scale"], (x.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt())
+    torch.testing.assert_close(seen["ln.hook_normalized"], out)
+    torch.testing.assert_close(out, nn.functional.layer_norm(x, (8,), root.ln.weight, root.ln.bias))
+    torch.testing.assert_close(plain, out)
 
 
 def test_layernorm_bad_width() -> None:
@@ -46,9 +71,13 @@ def test_embedding_bad_ids() -> None:
         Embedding(11, 6)(torch.zeros(2))
 
 
-def test_activations_match_torch() -> None:
-    x = torch.linspace(-6, 6, 1001)
-    torch.testing.assert_close(GELU()(x), nn.GELU()(x))
-    torch.testing.assert_close(ReLU()(x), nn.ReLU()(x))
+def test_activations_match_torch(code_path: str) -> None:
+    x = torch.linspace(-6, 6, 1000).requires_grad_()  # an even count: no point at exactly 0, where ReLU has no slope
+    for ours, ref in ((GELU(), nn.GELU()), (ReLU(), nn.ReLU())):
+        x_ref = x.detach().clone().requires_grad_()
+        torch.testing.assert_close(ours(x), ref(x_ref))
+        (grad,) = torch.autograd.grad(ours(x).sum(), x)
+        (grad_ref,) = torch.autograd.grad(ref(x_ref).sum(), x_ref)
+        torch.testing.assert_close(grad, grad_ref)
     images = torch.randn(3, 1, 28, 28)
     torch.testing.assert_close(Flatten()(images), nn.Flatten()(images))

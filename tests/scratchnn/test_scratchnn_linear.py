@@ -13,7 +13,7 @@ def _twins(bias: bool) -> tuple[Linear, nn.Linear]:
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_outputs_and_gradients_match_nn_linear(bias: bool) -> None:
+def test_outputs_and_gradients_match_nn_linear(bias: bool, code_path: str) -> None:
     ours, ref = _twins(bias)
     x = torch.randn(5, 3, 20)
     x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()

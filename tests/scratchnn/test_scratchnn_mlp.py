@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from scratchnn import Linear, MNISTClassifier, ReLU, SimpleMLP
+from scratchnn import MLP, Linear, MNISTClassifier, ReLU, SimpleMLP
 
 SIMPLE_MLP_PRINT = """SimpleMLP(
   (net): Sequential(
@@ -67,3 +67,21 @@ def test_wrong_input_shapes_say_what_was_expected() -> None:
         MNISTClassifier()(torch.randn(3, 32, 32))
     with pytest.raises(ValueError, match=r"\[batch, 784\].*\(3, 100\)"):
         SimpleMLP(784, 128, 10)(torch.randn(3, 100))
+
+
+@pytest.mark.parametrize("act_fn, twin", [("relu", nn.ReLU), ("gelu", nn.GELU)])
+def test_transformer_mlp_matches_torch_and_shows_neurons_as_views(act_fn: str, twin: type, code_path: str) -> None:
+    torch.manual_seed(0)
+    ours = MLP(8, 12, act_fn, init_std=0.5)
+    ref = nn.Sequential(nn.Linear(8, 12), twin(), nn.Linear(12, 8))
+    ref[0].load_state_dict(ours.linear_in.state_dict())
+    ref[2].load_state_dict(ours.linear_out.state_dict())
+    x = torch.randn(2, 5, 8)
+    torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
+    assert ours.W_in.shape == (8, 12) and ours.W_out.shape == (12, 8)
+    neurons = ref[1](x @ ours.W_in + ours.b_in)  # column n of W_in is neuron n's input direction
+    torch.testing.assert_close(neurons @ ours.W_out + ours.b_out, ours(x), atol=1e-5, rtol=1e-5)
+    assert ours.linear_in.weight.std().item() == pytest.approx(0.5, rel=0.3)
+    assert ours.linear_in.bias.abs().sum() == 0
+    with pytest.raises((ValueError, TypeError), match="swish"):  # TypeError: the test-time type checker comes first
+        MLP(8, 12, "swish")  # type: ignore[arg-type]
