@@ -9,7 +9,7 @@ TORCH_INSTALL ?= torch==2.13.0
 RUNS ?= runs
 PORT ?= 8501
 
-.PHONY: venv app train test benchmarks gpu-check clean-venv
+.PHONY: venv app train test test-fast lint format benchmarks gpu-check clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,22 @@ train: venv
 app: train
 	$(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) -- --runs $(RUNS)
 
-test: venv
+# everything CI checks: lint, format, and the whole suite (slow tests included)
+test: venv lint
 	@$(PY) scripts/ensure_chromium.py
 	$(PY) -m pytest -q -n 2
+
+# the suite without the tests marked slow (compile, DDP, kernel builds, notebooks, the browser)
+test-fast: venv
+	$(PY) -m pytest -q -n 2 -m "not slow"
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 benchmarks: venv
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

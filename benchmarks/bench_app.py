@@ -25,8 +25,8 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from blocks import Transformer
-from blocks.weights import save_tensors
 from blocks.tasks import get_task
+from blocks.weights import save_tensors
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_FIRST_S, TARGET_REDRAW_S = 3.0, 1.0
@@ -41,8 +41,12 @@ def default_run(root: Path) -> str:
     for step in (0, 100):
         torch.manual_seed(step)
         save_tensors(Transformer(cfg).state_dict(), path / "checkpoints" / f"step_{step:06d}.safetensors")
-    config = {"model": cfg.to_dict(), "task": {"name": "induction", "options": task.options()},
-              "train": task.default_train_config(), "tokenizer": task.tokenizer.to_dict()}
+    config = {
+        "model": cfg.to_dict(),
+        "task": {"name": "induction", "options": task.options()},
+        "train": task.default_train_config(),
+        "tokenizer": task.tokenizer.to_dict(),
+    }
     (path / "config.json").write_text(json.dumps(config))
     (path / "metrics.jsonl").write_text(json.dumps({"step": 0, "train_loss": 3.9, "lr": 0.0}) + "\n")
     return path.name
@@ -83,8 +87,10 @@ def main() -> int:
     first_overview = timed(at, flow=False)
     at.switch_page("views/flow.py")
     first_flow = timed(at)
-    task = get_task(json.loads((root / name / "config.json").read_text())["task"]["name"],
-                    **json.loads((root / name / "config.json").read_text())["task"]["options"])
+    task = get_task(
+        json.loads((root / name / "config.json").read_text())["task"]["name"],
+        **json.loads((root / name / "config.json").read_text())["task"]["options"],
+    )
 
     prompt_s, tau_s = [], []
     for i in range(args.repeats):
@@ -96,10 +102,16 @@ def main() -> int:
     print(f"first load of the run (Overview, cold caches): {first_overview:.2f} s  (target <= {TARGET_FIRST_S} s)")
     print(f"then the flow page, first time:               {first_flow:.2f} s  (target <= {TARGET_FIRST_S} s)")
     for label, xs in (("new prompt", prompt_s), ("new threshold", tau_s)):
-        print(f"flow page redraw after a {label}: median {statistics.median(xs):.3f} s, max {max(xs):.3f} s "
-              f"over {len(xs)}  (target <= {TARGET_REDRAW_S} s)")
-    ok = (first_overview <= TARGET_FIRST_S and first_flow <= TARGET_FIRST_S
-          and statistics.median(prompt_s) <= TARGET_REDRAW_S and statistics.median(tau_s) <= TARGET_REDRAW_S)
+        print(
+            f"flow page redraw after a {label}: median {statistics.median(xs):.3f} s, max {max(xs):.3f} s "
+            f"over {len(xs)}  (target <= {TARGET_REDRAW_S} s)"
+        )
+    ok = (
+        first_overview <= TARGET_FIRST_S
+        and first_flow <= TARGET_FIRST_S
+        and statistics.median(prompt_s) <= TARGET_REDRAW_S
+        and statistics.median(tau_s) <= TARGET_REDRAW_S
+    )
     print("PASS" if ok else "FAIL")
     if tmp is not None:
         tmp.cleanup()

@@ -127,7 +127,9 @@ def variant_table(rounds: int) -> None:
 
 def sweep(rounds: int) -> None:
     """Our kernel against SDPA, forward and forward + backward, one attention call at several shapes."""
-    print("| batch x heads x pos x d_head | forward: SDPA ms | ours ms | SDPA/ours | fwd+bwd: SDPA ms | ours ms | SDPA/ours |")
+    print(
+        "| batch x heads x pos x d_head | forward: SDPA ms | ours ms | SDPA/ours | fwd+bwd: SDPA ms | ours ms | SDPA/ours |"
+    )
     print("|---|---|---|---|---|---|---|")
     shapes = [(64, 8, 128, 32), (64, 4, 128, 32), (16, 8, 256, 32), (8, 8, 512, 64), (4, 4, 1024, 64), (1, 4, 64, 16)]
     for batch, heads, pos, d_head in shapes:
@@ -152,8 +154,14 @@ def malloc(rounds: int) -> None:
     print("| malloc | forward ms | minor page faults a forward |")
     print("|---|---|---|")
     for mode in ("keep", "glibc"):
-        done = subprocess.run([sys.executable, __file__, "--malloc-child", mode, "--rounds", str(rounds)],
-                              capture_output=True, text=True, check=True, cwd=REPO, env=os.environ)
+        done = subprocess.run(
+            [sys.executable, __file__, "--malloc-child", mode, "--rounds", str(rounds)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO,
+            env=os.environ,
+        )
         print(done.stdout.strip())
 
 

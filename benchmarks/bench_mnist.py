@@ -57,8 +57,10 @@ def main() -> int:
     splits = mnist_from_idx(args.data_dir)
     train, test = to_tensors(splits["train"]), to_tensors(splits["test"])
     load_s = time.perf_counter() - t0
-    print(f"data: {len(train)} train / {len(test)} test images loaded in {load_s:.1f} s; "
-          f"{args.threads} threads, batch {args.batch_size}, Adam lr {args.lr}")
+    print(
+        f"data: {len(train)} train / {len(test)} test images loaded in {load_s:.1f} s; "
+        f"{args.threads} threads, batch {args.batch_size}, Adam lr {args.lr}"
+    )
 
     runs = {}
     for name, build in (("scratchnn", MNISTClassifier), ("torch.nn", torch_twin)):
@@ -66,21 +68,25 @@ def main() -> int:
         model = build()
         opt = torch.optim.Adam(model.parameters(), lr=args.lr)
         sched = linear_decay(opt, args.epochs * math.ceil(len(train) / args.batch_size))
-        runs[name] = dict(model=model, opt=opt, sched=sched, gen=torch.Generator().manual_seed(args.seed),
-                          times=[], cpu=[], accs=[])
+        runs[name] = dict(
+            model=model, opt=opt, sched=sched, gen=torch.Generator().manual_seed(args.seed), times=[], cpu=[], accs=[]
+        )
 
     print(f"{'epoch':>5} | {'scratchnn acc':>13} {'time':>7} | {'torch.nn acc':>12} {'time':>7}")
     for epoch in range(1, args.epochs + 1):
         for run in runs.values():
             t, c = time.perf_counter(), time.process_time()
-            train_epoch(run["model"], run["opt"], train, args.batch_size, run["gen"], progress=False,
-                        scheduler=run["sched"])
+            train_epoch(
+                run["model"], run["opt"], train, args.batch_size, run["gen"], progress=False, scheduler=run["sched"]
+            )
             run["times"].append(time.perf_counter() - t)
             run["cpu"].append(time.process_time() - c)
             run["accs"].append(accuracy(run["model"], test))
         ours, ref = runs["scratchnn"], runs["torch.nn"]
-        print(f"{epoch:>5} | {ours['accs'][-1]:>13.2%} {ours['times'][-1]:>6.2f}s | "
-              f"{ref['accs'][-1]:>12.2%} {ref['times'][-1]:>6.2f}s")
+        print(
+            f"{epoch:>5} | {ours['accs'][-1]:>13.2%} {ours['times'][-1]:>6.2f}s | "
+            f"{ref['accs'][-1]:>12.2%} {ref['times'][-1]:>6.2f}s"
+        )
 
     ours_s, ref_s = sum(runs["scratchnn"]["times"]), sum(runs["torch.nn"]["times"])
     final_acc = runs["scratchnn"]["accs"][-1]
@@ -88,13 +94,16 @@ def main() -> int:
     checks = [
         (f"test accuracy after {args.epochs} epochs {final_acc:.2%} >= {TARGET_ACC:.1%}", final_acc >= TARGET_ACC),
         (f"data loading + {args.epochs} epochs {total:.1f} s <= {TARGET_TOTAL_S:.0f} s", total <= TARGET_TOTAL_S),
-        (f"scratchnn {ours_s:.1f} s vs torch.nn {ref_s:.1f} s: ratio {ours_s / ref_s:.3f} <= {TARGET_RATIO}",
-         ours_s / ref_s <= TARGET_RATIO),
+        (
+            f"scratchnn {ours_s:.1f} s vs torch.nn {ref_s:.1f} s: ratio {ours_s / ref_s:.3f} <= {TARGET_RATIO}",
+            ours_s / ref_s <= TARGET_RATIO,
+        ),
     ]
     # CPU seconds tell a loaded machine (wall >> cpu / threads) from slow code.
     cpu_ours, cpu_ref = sum(runs["scratchnn"]["cpu"]), sum(runs["torch.nn"]["cpu"])
-    print(f"CPU time (all threads): scratchnn {cpu_ours:.1f} s, torch.nn {cpu_ref:.1f} s "
-          f"(ratio {cpu_ours / cpu_ref:.3f})")
+    print(
+        f"CPU time (all threads): scratchnn {cpu_ours:.1f} s, torch.nn {cpu_ref:.1f} s (ratio {cpu_ours / cpu_ref:.3f})"
+    )
     for text, ok in checks:
         print(f"{'PASS' if ok else 'MISS'}  {text}")
     return 0 if all(ok for _, ok in checks) else 1

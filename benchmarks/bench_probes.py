@@ -22,8 +22,8 @@ import torch
 from blocks import Transformer, TransformerConfig
 from blocks.fast import keep_freed_memory
 from blocks.tasks import get_task
-from probes.patching import logit_diff_metric, patch_heads_by_pos
 from probes.information_flow import information_flow
+from probes.patching import logit_diff_metric, patch_heads_by_pos
 
 TARGET_FLOW_S, TARGET_SWEEP_S = 0.100, 2.0
 
@@ -50,7 +50,9 @@ def main() -> None:
     torch.set_grad_enabled(False)
 
     torch.manual_seed(0)
-    flow_model = Transformer(TransformerConfig(n_layers=2, d_model=128, n_heads=4, d_mlp=512, d_vocab=64, n_ctx=64)).eval()
+    flow_model = Transformer(
+        TransformerConfig(n_layers=2, d_model=128, n_heads=4, d_mlp=512, d_vocab=64, n_ctx=64)
+    ).eval()
     prompt = torch.randint(0, 64, (64,))
     flow_s = median_time(lambda: information_flow(flow_model, prompt), args.repeats)
 

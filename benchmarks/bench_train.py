@@ -44,7 +44,9 @@ def time_to_induction(python: str) -> dict[str, float | int | None]:
         start = time.perf_counter()
         done = subprocess.run(
             [python, "-m", "blocks.train", "--task", "induction", "--out", str(out), "--no-progress"],
-            cwd=REPO, capture_output=True, text=True,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
         )
         wall = time.perf_counter() - start
         if done.returncode != 0:
@@ -88,10 +90,20 @@ def throughput(rounds: int = 12, steps: int = 3) -> dict[str, object]:
     try:
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-        models["transformer_lens"] = HookedTransformer(HookedTransformerConfig(
-            n_layers=CFG["n_layers"], d_model=CFG["d_model"], n_heads=CFG["n_heads"], d_head=CFG["d_model"] // CFG["n_heads"],
-            d_mlp=CFG["d_mlp"], n_ctx=CFG["n_ctx"], d_vocab=CFG["d_vocab"], act_fn="gelu", normalization_type="LN",
-            device="cpu"))
+        models["transformer_lens"] = HookedTransformer(
+            HookedTransformerConfig(
+                n_layers=CFG["n_layers"],
+                d_model=CFG["d_model"],
+                n_heads=CFG["n_heads"],
+                d_head=CFG["d_model"] // CFG["n_heads"],
+                d_mlp=CFG["d_mlp"],
+                n_ctx=CFG["n_ctx"],
+                d_vocab=CFG["d_vocab"],
+                act_fn="gelu",
+                normalization_type="LN",
+                device="cpu",
+            )
+        )
     except ImportError:
         pass
     tokens = torch.randint(0, CFG["d_vocab"], (BATCH, CFG["n_ctx"]))
@@ -131,8 +143,12 @@ def throughput(rounds: int = 12, steps: int = 3) -> dict[str, object]:
     ours = models["ours"]
     params = sum(p.numel() for name, p in ours.named_parameters() if name not in ("embed.weight", "pos_embed.weight"))
     per_token = 6 * params + 12 * CFG["n_layers"] * CFG["n_ctx"] * CFG["d_model"]
-    result.update(peak_gflops=round(peak / 1e9, 1), model_gflops=round(per_token * result["ours"] / 1e9, 2),
-                  fraction_of_peak=round(per_token * result["ours"] / peak, 3), flops_per_token=per_token)
+    result.update(
+        peak_gflops=round(peak / 1e9, 1),
+        model_gflops=round(per_token * result["ours"] / 1e9, 2),
+        fraction_of_peak=round(per_token * result["ours"] / peak, 3),
+        flops_per_token=per_token,
+    )
     return result
 
 
@@ -158,8 +174,13 @@ def main() -> None:
     python = TL_PYTHON if Path(TL_PYTHON).is_file() else sys.executable
     if python == sys.executable:
         print(f"| note | no TransformerLens venv at {TL_PYTHON} (set TL_PYTHON); measuring ours alone |")
-    done = subprocess.run([python, __file__, "--throughput-only"], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        [python, __file__, "--throughput-only"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     if done.returncode != 0:
         raise SystemExit(f"throughput run failed:\n{done.stderr[-2000:]}")
     t = json.loads(done.stdout.strip().splitlines()[-1])
@@ -169,7 +190,9 @@ def main() -> None:
         print(f"| train tokens/s, TransformerLens 2.18 | {t['transformer_lens']} |")
         for key, what in (("ours_ratio", "ours / TL"), ("ours_reference_ratio", "ours with the backend off / TL")):
             median, low, high = t[key]
-            print(f"| {what}, median of {t['rounds']} paired rounds | {median:.3f}x (range {low:.2f}x to {high:.2f}x) |")
+            print(
+                f"| {what}, median of {t['rounds']} paired rounds | {median:.3f}x (range {low:.2f}x to {high:.2f}x) |"
+            )
     else:
         print("| train tokens/s, TransformerLens | not measured: transformer_lens not importable |")
     print(f"| float32 matmul peak (2048^3) | {t['peak_gflops']} GFLOP/s |")

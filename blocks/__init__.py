@@ -10,4 +10,3 @@ from blocks.config import TransformerConfig
 from blocks.transformer import Transformer
 
 __all__ = ["ActivationCache", "ComponentStack", "Transformer", "TransformerConfig", "fast"]
-

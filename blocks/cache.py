@@ -120,6 +120,8 @@ class ActivationCache(Mapping[str, Tensor]):
         values = stack.values if isinstance(stack, ComponentStack) else stack
         if self.cfg.normalization is None:
             return values
-        name = "ln_final.hook_scale" if layer is None or layer == self.cfg.n_layers else f"blocks.{layer}.ln1.hook_scale"
+        name = (
+            "ln_final.hook_scale" if layer is None or layer == self.cfg.n_layers else f"blocks.{layer}.ln1.hook_scale"
+        )
         scale = self[name]
         return (values - values.mean(-1, keepdim=True)) / scale

@@ -75,9 +75,7 @@ class TransformerConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - fields)
         if unknown:
-            raise ValueError(
-                f"unknown TransformerConfig field(s) {unknown}; valid fields are {sorted(fields)}"
-            )
+            raise ValueError(f"unknown TransformerConfig field(s) {unknown}; valid fields are {sorted(fields)}")
         if data.get("attn_only") is True and data.get("d_mlp") == 4 * data.get("d_model", cls.d_model):
             # run configs written before attention-only models had d_mlp None stored the derived
             # 4 * d_model there; read them as the same model

@@ -96,7 +96,9 @@ def to_transformer_lens(model: Transformer) -> dict[str, Tensor]:
     The buffers are included so that `HookedTransformer.load_state_dict(..., strict=True)` accepts it.
     """
     _check_exportable(model.cfg)
-    state = {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in transformer_lens_views(model).items()}
+    state = {
+        k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in transformer_lens_views(model).items()
+    }
     mask = torch.ones(model.cfg.n_ctx, model.cfg.n_ctx, dtype=torch.bool).tril()
     for layer in range(model.cfg.n_layers):
         state[f"blocks.{layer}.attn.mask"] = mask.clone()
@@ -120,12 +122,16 @@ def from_transformer_lens(state_dict: dict[str, Tensor], cfg: TransformerConfig)
             "for a TransformerLens config dict use from_transformer_lens_config(...) first"
         )
     model = Transformer(cfg)
-    load_into_views(transformer_lens_views(model), state_dict, f"TransformerLens state dict (config: {cfg})", skip=_TL_BUFFERS)
+    load_into_views(
+        transformer_lens_views(model), state_dict, f"TransformerLens state dict (config: {cfg})", skip=_TL_BUFFERS
+    )
     return model.eval()
 
 
 @torch.no_grad()
-def load_into_views(views: dict[str, Tensor], state: dict[str, Tensor], source: str, skip: tuple[str, ...] = ()) -> None:
+def load_into_views(
+    views: dict[str, Tensor], state: dict[str, Tensor], source: str, skip: tuple[str, ...] = ()
+) -> None:
     """Copy each tensor of `state` into the view of the same name; one error lists missing, unexpected and misshapen keys."""
     given = {k: v for k, v in state.items() if not k.endswith(skip)}
     missing = sorted(set(views) - set(given))
@@ -156,14 +162,18 @@ def is_earlier_layout(state: dict[str, Tensor]) -> bool:
     return "unembed.W_U" in state
 
 
-def upgrade_state_dict(state: dict[str, Tensor], cfg: TransformerConfig, source: str = "state dict") -> dict[str, Tensor]:
+def upgrade_state_dict(
+    state: dict[str, Tensor], cfg: TransformerConfig, source: str = "state dict"
+) -> dict[str, Tensor]:
     """A state dict in our earlier layout (also any per-parameter tensors, such as Adam's moments) in today's.
 
     The earlier layout is TransformerLens's but for the embeddings' and LayerNorms' names, so the
     tensors go through TransformerLens's names into a model's views and come out as its parameters.
     """
     model = Transformer(cfg)
-    load_into_views(transformer_lens_views(model), {_earlier_to_tl(k): v for k, v in state.items()}, f"{source} (earlier layout)")
+    load_into_views(
+        transformer_lens_views(model), {_earlier_to_tl(k): v for k, v in state.items()}, f"{source} (earlier layout)"
+    )
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -246,9 +256,7 @@ def from_transformer_lens_config(tl_cfg: dict[str, Any]) -> TransformerConfig:
 
 def _check_choice(name: str, value: object, choices: tuple[object, ...]) -> None:
     if value not in choices:
-        raise ValueError(
-            f"unsupported TransformerLens config: {name}={value!r}; this sandbox supports {list(choices)}"
-        )
+        raise ValueError(f"unsupported TransformerLens config: {name}={value!r}; this sandbox supports {list(choices)}")
 
 
 def load_transformer_lens_checkpoint(weights: str | Path, config: dict[str, Any] | str | Path) -> Transformer:
@@ -273,9 +281,7 @@ def load_transformer_lens_checkpoint(weights: str | Path, config: dict[str, Any]
     return from_transformer_lens(state, from_transformer_lens_config(config))
 
 
-def load_toy_model(
-    name: str, cache_dir: str | Path | None = None, local_files_only: bool = False
-) -> Transformer:
+def load_toy_model(name: str, cache_dir: str | Path | None = None, local_files_only: bool = False) -> Transformer:
     """Download (or read from the local cache) one of the published toy models, e.g. "attn-only-2l".
 
     Needs the Hugging Face hub; offline, or with `local_files_only` and nothing cached, it
@@ -287,12 +293,17 @@ def load_toy_model(
     try:
         from huggingface_hub import hf_hub_download
     except ImportError as err:  # datasets depends on it, but keep the message useful without it
-        raise ImportError("loading from the hub needs the huggingface_hub package: pip install huggingface_hub") from err
+        raise ImportError(
+            "loading from the hub needs the huggingface_hub package: pip install huggingface_hub"
+        ) from err
     files = {}
     for filename in ("config.json", "model_final.pth"):
         try:
             files[filename] = hf_hub_download(
-                repo, filename, cache_dir=None if cache_dir is None else str(cache_dir), local_files_only=local_files_only
+                repo,
+                filename,
+                cache_dir=None if cache_dir is None else str(cache_dir),
+                local_files_only=local_files_only,
             )
         except Exception as err:  # the hub raises many types (offline, DNS, 404); all mean "not available here"
             raise ConnectionError(

@@ -68,13 +68,21 @@ def copying_fraction(ov: Float[Tensor, "source_token out_token"]) -> float:
     return float((ov.argmax(-1) == torch.arange(ov.shape[0])).float().mean())
 
 
-def circuit_figure(matrix: Float[Tensor, "a b"], vocab: Sequence[str], title: str, x_title: str, y_title: str) -> go.Figure:
+def circuit_figure(
+    matrix: Float[Tensor, "a b"], vocab: Sequence[str], title: str, x_title: str, y_title: str
+) -> go.Figure:
     """A token x token heatmap (rows: y_title, columns: x_title)."""
     if len(vocab) != matrix.shape[0] or len(vocab) != matrix.shape[1]:
         raise ValueError(f"got {len(vocab)} token names for a {tuple(matrix.shape)} matrix")
     fig = go.Figure(
-        go.Heatmap(z=matrix.tolist(), x=list(vocab), y=list(vocab), colorscale="RdBu", zmid=0.0,
-                   hovertemplate=f"{y_title} %{{y}}, {x_title} %{{x}}: %{{z:.3f}}<extra></extra>")
+        go.Heatmap(
+            z=matrix.tolist(),
+            x=list(vocab),
+            y=list(vocab),
+            colorscale="RdBu",
+            zmid=0.0,
+            hovertemplate=f"{y_title} %{{y}}, {x_title} %{{x}}: %{{z:.3f}}<extra></extra>",
+        )
     )
     fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, yaxis_autorange="reversed")
     return fig

@@ -124,9 +124,13 @@ def fourier_figure(summary: FourierSummary) -> go.Figure:
     n_freq = summary.embedding_norms.shape[0]
     freqs = list(range(1, n_freq + 1))
     counts = torch.bincount(summary.neuron_frequency[summary.neuron_share >= 0.5] - 1, minlength=n_freq)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("embedding norm per frequency", "neurons dominated by each frequency"))
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("embedding norm per frequency", "neurons dominated by each frequency")
+    )
     fig.add_trace(go.Bar(x=freqs, y=summary.embedding_norms.tolist(), name="embedding"), row=1, col=1)
     fig.add_trace(go.Bar(x=freqs, y=counts.tolist(), name="neurons"), row=1, col=2)
     fig.update_xaxes(title_text="frequency k")
-    fig.update_layout(title=f"key frequencies {summary.key_frequencies}: {summary.explained:.0%} of MLP variance", showlegend=False)
+    fig.update_layout(
+        title=f"key frequencies {summary.key_frequencies}: {summary.explained:.0%} of MLP variance", showlegend=False
+    )
     return fig

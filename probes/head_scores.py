@@ -25,9 +25,7 @@ from blocks.transformer import Transformer
 SCORE_NAMES = ("previous_token", "current_token", "first_token", "induction", "duplicate_token")
 
 
-def repeated_tokens(
-    n: int, batch: int, low: int, high: int, bos: int, seed: int = 0
-) -> Int[Tensor, "batch pos"]:
+def repeated_tokens(n: int, batch: int, low: int, high: int, bos: int, seed: int = 0) -> Int[Tensor, "batch pos"]:
     """[BOS] + r + r for `batch` rows of r: n ids drawn uniformly from [low, high)."""
     if n <= 0 or batch <= 0:
         raise ValueError(f"need n > 0 and batch > 0, got n={n}, batch={batch}")
@@ -54,7 +52,9 @@ def score_batch(
     return repeated_tokens(n, batch, low, high, bos, seed), n
 
 
-def pattern_scores(pattern: Float[Tensor, "batch n_heads query_pos key_pos"], n: int) -> dict[str, Float[Tensor, " n_heads"]]:
+def pattern_scores(
+    pattern: Float[Tensor, "batch n_heads query_pos key_pos"], n: int
+) -> dict[str, Float[Tensor, " n_heads"]]:
     """Each head's scores from its pattern on [BOS] + r + r (length 2n + 1), averaged over the batch.
 
     previous/current/first token average over every query; induction and duplicate token over
@@ -62,7 +62,9 @@ def pattern_scores(pattern: Float[Tensor, "batch n_heads query_pos key_pos"], n:
     """
     pos = pattern.shape[-1]
     if pos != 2 * n + 1 or pattern.shape[-2] != pos:
-        raise ValueError(f"pattern covers {tuple(pattern.shape[-2:])} positions; [BOS] + r + r with n={n} needs {2 * n + 1}")
+        raise ValueError(
+            f"pattern covers {tuple(pattern.shape[-2:])} positions; [BOS] + r + r with n={n} needs {2 * n + 1}"
+        )
     p = pattern.mean(0)  # n_heads query_pos key_pos
     return {
         "previous_token": p.diagonal(-1, dim1=-2, dim2=-1).mean(-1),
@@ -77,7 +79,9 @@ def pattern_scores(pattern: Float[Tensor, "batch n_heads query_pos key_pos"], n:
 
 
 @torch.no_grad()
-def head_scores(model: Transformer, tokens: Int[Tensor, "batch pos"], n: int) -> dict[str, Float[Tensor, "layer n_heads"]]:
+def head_scores(
+    model: Transformer, tokens: Int[Tensor, "batch pos"], n: int
+) -> dict[str, Float[Tensor, "layer n_heads"]]:
     """Every head's five scores on `tokens` ([BOS] + r + r, see `repeated_tokens`), as [layer, n_heads] per score."""
     names = [f"blocks.{i}.attn.hook_pattern" for i in range(model.cfg.n_layers)]
     device = next(model.parameters()).device
@@ -146,6 +150,7 @@ def head_scores_over_steps_figure(
             hovertemplate="step %{x}, %{y}: %{z:.3f}<extra></extra>",
         )
     )
-    fig.update_layout(title=f"{score} score over training", xaxis_title="step", yaxis_title="head",
-                      yaxis_autorange="reversed")
+    fig.update_layout(
+        title=f"{score} score over training", xaxis_title="step", yaxis_title="head", yaxis_autorange="reversed"
+    )
     return fig

@@ -43,9 +43,7 @@ class LogitLens:
 
 
 @torch.no_grad()
-def logit_lens(
-    model: Transformer, tokens: Int[Tensor, "*one pos"], k: int = 5, target: int | None = None
-) -> LogitLens:
+def logit_lens(model: Transformer, tokens: Int[Tensor, "*one pos"], k: int = 5, target: int | None = None) -> LogitLens:
     """Unembed the accumulated residual stream (through the final LayerNorm) at every layer and position."""
     tokens = _one_prompt(model, tokens)
     if not 1 <= k <= model.cfg.d_vocab:
@@ -58,7 +56,9 @@ def logit_lens(
     probs = logits.softmax(-1)
     top = probs.topk(k, dim=-1)
     target_probs = probs[..., target] if target is not None else None
-    return LogitLens(stack.labels, top.indices.cpu(), top.values.cpu(), None if target_probs is None else target_probs.cpu())
+    return LogitLens(
+        stack.labels, top.indices.cpu(), top.values.cpu(), None if target_probs is None else target_probs.cpu()
+    )
 
 
 def logit_lens_figure(lens: LogitLens, token_labels: Sequence[str], vocab: Sequence[str] | None = None) -> go.Figure:
@@ -68,15 +68,24 @@ def logit_lens_figure(lens: LogitLens, token_labels: Sequence[str], vocab: Seque
     text = [[name(t) for t in row] for row in top]
     z = lens.top_probs[..., 0].tolist() if lens.target_probs is None else lens.target_probs.tolist()
     hover = [
-        ["<br>".join(f"{name(int(t))}: {float(p):.2f}" for t, p in zip(lens.top_tokens[s, q], lens.top_probs[s, q]))
-         for q in range(lens.top_tokens.shape[1])]
+        [
+            "<br>".join(f"{name(int(t))}: {float(p):.2f}" for t, p in zip(lens.top_tokens[s, q], lens.top_probs[s, q]))
+            for q in range(lens.top_tokens.shape[1])
+        ]
         for s in range(lens.top_tokens.shape[0])
     ]
     fig = go.Figure(
         go.Heatmap(
-            z=z, x=[f"{i}: {t}" for i, t in enumerate(token_labels)], y=lens.labels, text=text,
-            texttemplate="%{text}", customdata=hover, hovertemplate="%{y}, %{x}<br>%{customdata}<extra></extra>",
-            colorscale="Blues", zmin=0.0, zmax=1.0,
+            z=z,
+            x=[f"{i}: {t}" for i, t in enumerate(token_labels)],
+            y=lens.labels,
+            text=text,
+            texttemplate="%{text}",
+            customdata=hover,
+            hovertemplate="%{y}, %{x}<br>%{customdata}<extra></extra>",
+            colorscale="Blues",
+            zmin=0.0,
+            zmax=1.0,
         )
     )
     what = "top-1 probability" if lens.target_probs is None else "probability of the target"
@@ -157,8 +166,13 @@ def logit_attribution_figure(attribution: LogitAttribution, title: str = "direct
     """A bar per component; the title carries the total they add up to."""
     v = attribution.values.tolist()
     fig = go.Figure(
-        go.Bar(x=attribution.labels, y=v, marker_color=["#2b6cb0" if x >= 0 else "#c53030" for x in v],
-               customdata=attribution.labels, hovertemplate="%{x}: %{y:.3f}<extra></extra>")
+        go.Bar(
+            x=attribution.labels,
+            y=v,
+            marker_color=["#2b6cb0" if x >= 0 else "#c53030" for x in v],
+            customdata=attribution.labels,
+            hovertemplate="%{x}: %{y:.3f}<extra></extra>",
+        )
     )
     fig.update_layout(title=f"{title} (total {attribution.total:.3f})", xaxis_title="component", yaxis_title="logit")
     return fig

@@ -73,8 +73,14 @@ def top_examples_figure(
     fig = go.Figure(
         go.Table(
             header={"values": ["activation", "row", "pos", "context"]},
-            cells={"values": [[f"{v:.3f}" for v in examples.values.tolist()], examples.rows.tolist(),
-                              examples.positions.tolist(), texts]},
+            cells={
+                "values": [
+                    [f"{v:.3f}" for v in examples.values.tolist()],
+                    examples.rows.tolist(),
+                    examples.positions.tolist(),
+                    texts,
+                ]
+            },
         )
     )
     fig.update_layout(title=f"top activations of L{examples.layer} neuron {examples.neuron}")
@@ -102,12 +108,18 @@ def neuron_logit_effects(
     return (direction @ model.W_U).cpu()
 
 
-def neuron_logit_figure(effects: Float[Tensor, "d_mlp d_vocab"], neuron: int, vocab: Sequence[str], k: int = 10) -> go.Figure:
+def neuron_logit_figure(
+    effects: Float[Tensor, "d_mlp d_vocab"], neuron: int, vocab: Sequence[str], k: int = 10
+) -> go.Figure:
     """The tokens a neuron pushes up and down most, as bars."""
     row = effects[neuron]
     up, down = row.topk(min(k, row.numel())), (-row).topk(min(k, row.numel()))
     idx = up.indices.tolist() + down.indices.flip(0).tolist()
     vals = row[idx].tolist()
-    fig = go.Figure(go.Bar(x=[vocab[i] for i in idx], y=vals, marker_color=["#2b6cb0" if v >= 0 else "#c53030" for v in vals]))
-    fig.update_layout(title=f"direct logit effect of neuron {neuron}", xaxis_title="token", yaxis_title="logit per unit activation")
+    fig = go.Figure(
+        go.Bar(x=[vocab[i] for i in idx], y=vals, marker_color=["#2b6cb0" if v >= 0 else "#c53030" for v in vals])
+    )
+    fig.update_layout(
+        title=f"direct logit effect of neuron {neuron}", xaxis_title="token", yaxis_title="logit per unit activation"
+    )
     return fig

@@ -33,13 +33,13 @@ class PatchingResult:
     are the unpatched metrics, so `normalized()` is 1 where a cell restores the clean metric.
     """
 
-    values: Float[Tensor, "..."]
+    values: Float[Tensor, ...]
     axes: tuple[str, ...]
     clean: float
     corrupted: float
     title: str
 
-    def normalized(self) -> Float[Tensor, "..."]:
+    def normalized(self) -> Float[Tensor, ...]:
         """(patched - corrupted) / (clean - corrupted): 0 = no effect, 1 = fully restored."""
         gap = self.clean - self.corrupted
         if gap == 0:
@@ -195,7 +195,9 @@ def patch_heads_by_pos(
     L, H, pos = model.cfg.n_layers, model.cfg.n_heads, clean.shape[1]
     cells = []
     for layer in range(L):
-        cells += [_Cell(f"blocks.{layer}.attn.hook_z", _one_hot((pos, H, 1), (p, h))) for h in range(H) for p in range(pos)]
+        cells += [
+            _Cell(f"blocks.{layer}.attn.hook_z", _one_hot((pos, H, 1), (p, h))) for h in range(H) for p in range(pos)
+        ]
     values, c, k = _sweep(model, clean, corrupted, metric, cells, max_copies)
     return PatchingResult(values.view(L, H, pos), ("layer", "head", "pos"), c, k, "patching head outputs by position")
 
@@ -251,12 +253,12 @@ def patching_figure(
         x = [f"H{h}" for h in range(values.shape[1])]
     z = values.detach().cpu().tolist()
     fig = go.Figure(
-        go.Heatmap(z=z, x=x, y=y, colorscale="RdBu", zmid=0.0,
-                   hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>")
+        go.Heatmap(z=z, x=x, y=y, colorscale="RdBu", zmid=0.0, hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>")
     )
     fig.update_layout(
         title=result.title + (" (normalised: 1 = clean)" if normalize else ""),
-        xaxis_title=xaxis, yaxis_title="layer" if values.dim() == 2 and axes[0] == "layer" else "head",
+        xaxis_title=xaxis,
+        yaxis_title="layer" if values.dim() == 2 and axes[0] == "layer" else "head",
         yaxis_autorange="reversed",
     )
     return fig

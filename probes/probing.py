@@ -72,7 +72,9 @@ def fit_probe(
     n = features.shape[0]
     n_classes = int(labels.max()) + 1 if n_classes is None else n_classes
     if int(labels.max()) >= n_classes:
-        raise ValueError(f"labels go up to {int(labels.max())} but n_classes is {n_classes}; give n_classes > every label")
+        raise ValueError(
+            f"labels go up to {int(labels.max())} but n_classes is {n_classes}; give n_classes > every label"
+        )
     train, test = _split(n, test_fraction, seed, groups)
     x = features.detach().float().cpu()
     mu, sd = x[train].mean(0), x[train].std(0).clamp_min(1e-6)
@@ -126,7 +128,9 @@ def _split(n: int, test_fraction: float, seed: int, groups: Tensor | None) -> tu
     test_rows = held_out[group_of_row]
     train, test = (~test_rows).nonzero().flatten(), test_rows.nonzero().flatten()
     if len(train) < 2:
-        raise ValueError(f"only {len(train)} training rows after holding out {n_test} of {len(ids)} groups; give more rows")
+        raise ValueError(
+            f"only {len(train)} training rows after holding out {n_test} of {len(ids)} groups; give more rows"
+        )
     return train, test
 
 
@@ -201,11 +205,22 @@ def probe_figure(trained: LayerProbes, random: LayerProbes | None = None, title:
     """Task accuracy, control accuracy and selectivity per stream (and the random model's task accuracy)."""
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=trained.labels, y=trained.task_accuracy.tolist(), name="task", mode="lines+markers"))
-    fig.add_trace(go.Scatter(x=trained.labels, y=trained.control_accuracy.tolist(), name="control", mode="lines+markers"))
+    fig.add_trace(
+        go.Scatter(x=trained.labels, y=trained.control_accuracy.tolist(), name="control", mode="lines+markers")
+    )
     fig.add_trace(go.Bar(x=trained.labels, y=trained.selectivity.tolist(), name="selectivity", opacity=0.4))
     if random is not None:
-        fig.add_trace(go.Scatter(x=random.labels, y=random.task_accuracy.tolist(), name="task (random model)",
-                                 mode="lines+markers", line={"dash": "dot"}))
+        fig.add_trace(
+            go.Scatter(
+                x=random.labels,
+                y=random.task_accuracy.tolist(),
+                name="task (random model)",
+                mode="lines+markers",
+                line={"dash": "dot"},
+            )
+        )
     fig.add_hline(y=trained.chance, line_dash="dash", annotation_text="chance")
-    fig.update_layout(title=title, xaxis_title="residual stream", yaxis_title="test accuracy", yaxis_range=[-0.05, 1.05])
+    fig.update_layout(
+        title=title, xaxis_title="residual stream", yaxis_title="test accuracy", yaxis_range=[-0.05, 1.05]
+    )
     return fig

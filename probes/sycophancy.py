@@ -24,8 +24,8 @@ from torch import Tensor
 
 from blocks.transformer import Transformer
 from probes.ablation import Ablation, head_ablation
-from probes.patching import Metric, PatchingResult, patch_heads
 from probes.information_flow import FlowGraph, information_flow
+from probes.patching import Metric, PatchingResult, patch_heads
 from probes.probing import IGNORE, LayerProbes, probe_layers
 
 Head = tuple[int, int]  # (layer, head)
@@ -227,7 +227,9 @@ class OpinionFlow:
     opinion_heads: Float[Tensor, "layer n_heads"]
 
 
-def opinion_flow(model: Transformer, task: OpinionTask, tokens: Int[Tensor, "one pos"], tau: float = 0.04) -> OpinionFlow:
+def opinion_flow(
+    model: Transformer, task: OpinionTask, tokens: Int[Tensor, "one pos"], tau: float = 0.04
+) -> OpinionFlow:
     """The routes into the answer position of one prompt, with the opinion slot's share per layer and head."""
     task.check_prompts(tokens)
     graph = information_flow(model, tokens[:1, : task.answer_pos + 1], target_pos=task.answer_pos, tau=tau)
@@ -276,8 +278,10 @@ def opinion_probes(
 
     op, tr = at_answer(prompts.opinion), at_answer(prompts.truth)
     return OpinionProbes(
-        probe_layers(model, tokens, op), probe_layers(model, tokens, tr),
-        probe_layers(random_model, tokens, op), probe_layers(random_model, tokens, tr),
+        probe_layers(model, tokens, op),
+        probe_layers(model, tokens, tr),
+        probe_layers(random_model, tokens, op),
+        probe_layers(random_model, tokens, tr),
     )
 
 
@@ -293,7 +297,9 @@ def head_ablations(model: Transformer, heads: Sequence[Head], reference: Int[Ten
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
     ref = reference.to(_device(model))
-    return [head_ablation(model, layer, hs, method="mean", reference_tokens=ref) for layer, hs in sorted(by_layer.items())]
+    return [
+        head_ablation(model, layer, hs, method="mean", reference_tokens=ref) for layer, hs in sorted(by_layer.items())
+    ]
 
 
 @torch.no_grad()
@@ -315,13 +321,37 @@ def behaviour(
 
 def opinion_heads_figure(attention: Float[Tensor, "layer n_heads"], patching: PatchingResult) -> go.Figure:
     """Two heatmaps side by side: attention to the opinion slot, and the normalised patching effect, per head."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("attention answer -> opinion", "patching effect (1 = carries it all)"))
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("attention answer -> opinion", "patching effect (1 = carries it all)")
+    )
     L, H = attention.shape
     x, y = [f"H{h}" for h in range(H)], [f"L{l}" for l in range(L)]
-    fig.add_trace(go.Heatmap(z=attention.tolist(), x=x, y=y, colorscale="Blues", zmin=0, zmax=1, showscale=False,
-                             hovertemplate="%{y}%{x}: %{z:.3f}<extra></extra>"), 1, 1)
-    fig.add_trace(go.Heatmap(z=patching.normalized().tolist(), x=x, y=y, colorscale="RdBu", zmid=0,
-                             hovertemplate="%{y}%{x}: %{z:.3f}<extra></extra>"), 1, 2)
+    fig.add_trace(
+        go.Heatmap(
+            z=attention.tolist(),
+            x=x,
+            y=y,
+            colorscale="Blues",
+            zmin=0,
+            zmax=1,
+            showscale=False,
+            hovertemplate="%{y}%{x}: %{z:.3f}<extra></extra>",
+        ),
+        1,
+        1,
+    )
+    fig.add_trace(
+        go.Heatmap(
+            z=patching.normalized().tolist(),
+            x=x,
+            y=y,
+            colorscale="RdBu",
+            zmid=0,
+            hovertemplate="%{y}%{x}: %{z:.3f}<extra></extra>",
+        ),
+        1,
+        2,
+    )
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(title="which heads read the user's opinion")
     return fig
@@ -332,17 +362,29 @@ def conflict_neurons_figure(neurons: ConflictNeurons, k: int = 10) -> go.Figure:
     top = neurons.top(k)
     names = [f"L{l}N{n}" for l, n, _ in top]
     fig = go.Figure()
-    for label, values in (("wrong opinion", neurons.wrong), ("right opinion", neurons.right), ("no opinion", neurons.none)):
+    for label, values in (
+        ("wrong opinion", neurons.wrong),
+        ("right opinion", neurons.right),
+        ("no opinion", neurons.none),
+    ):
         fig.add_trace(go.Bar(x=names, y=[float(values[l, n]) for l, n, _ in top], name=label))
-    fig.update_layout(title="neurons that respond to a conflict between facts and opinion", barmode="group",
-                      xaxis_title="neuron", yaxis_title="mean activation at the answer")
+    fig.update_layout(
+        title="neurons that respond to a conflict between facts and opinion",
+        barmode="group",
+        xaxis_title="neuron",
+        yaxis_title="mean activation at the answer",
+    )
     return fig
 
 
 def intervention_figure(before: dict[str, float], after: dict[str, float], title: str) -> go.Figure:
     """Grouped bars of each metric before and after the intervention."""
     keys = list(before)
-    fig = go.Figure([go.Bar(x=keys, y=[before[k] for k in keys], name="before"),
-                     go.Bar(x=keys, y=[after[k] for k in keys], name="after")])
+    fig = go.Figure(
+        [
+            go.Bar(x=keys, y=[before[k] for k in keys], name="before"),
+            go.Bar(x=keys, y=[after[k] for k in keys], name="after"),
+        ]
+    )
     fig.update_layout(title=title, barmode="group", yaxis_range=[0, 1.05])
     return fig

@@ -30,5 +30,5 @@ class GELU(nn.Module):
 class Flatten(nn.Module):
     """Keep the batch dimension and flatten everything after it: [batch, ...] -> [batch, features]."""
 
-    def forward(self, x: Float[Tensor, "batch *rest"]) -> Float[Tensor, "batch features"]:
+    def forward(self, x: Float[Tensor, "batch *rest"]) -> Float[Tensor, "batch features"]:  # noqa: F821
         return x.reshape(x.shape[0], -1)

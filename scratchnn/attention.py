@@ -68,18 +68,23 @@ class Attention(nn.Module):
             n = q.shape[1]
             # q / sqrt(d_head) . k is (q . k) / sqrt(d_head); scaling q touches d_head numbers a row instead of pos
             scores = einops.einsum(
-                q / math.sqrt(self.d_head), k,
+                q / math.sqrt(self.d_head),
+                k,
                 "batch query_pos n_heads d_head, batch key_pos n_heads d_head -> batch n_heads query_pos key_pos",
             )
             scores = self.hook_attn_scores(torch.where(self.causal_mask[:n, :n], float("-inf"), scores))
             pattern = self.hook_pattern(scores.softmax(-1))
             z = einops.einsum(
-                pattern, v, "batch n_heads query_pos key_pos, batch key_pos n_heads d_head -> batch query_pos n_heads d_head"
+                pattern,
+                v,
+                "batch n_heads query_pos key_pos, batch key_pos n_heads d_head -> batch query_pos n_heads d_head",
             )
         z = self.hook_z(z)
 
         if self.hook_result.is_listened():
-            result = einops.einsum(z, self.W_O, "batch pos n_heads d_head, n_heads d_head d_model -> batch pos n_heads d_model")
+            result = einops.einsum(
+                z, self.W_O, "batch pos n_heads d_head, n_heads d_head d_model -> batch pos n_heads d_model"
+            )
             return self.hook_result(result).sum(-2) + self.b_O
         return self.output(einops.rearrange(z, "batch pos n_heads d_head -> batch pos (n_heads d_head)"))
 
@@ -97,7 +102,9 @@ class Attention(nn.Module):
 
     @property
     def W_O(self) -> Float[Tensor, "n_heads d_head d_model"]:
-        return einops.rearrange(self.output.weight, "d_model (n_heads d_head) -> n_heads d_head d_model", n_heads=self.n_heads)
+        return einops.rearrange(
+            self.output.weight, "d_model (n_heads d_head) -> n_heads d_head d_model", n_heads=self.n_heads
+        )
 
     @property
     def b_Q(self) -> Float[Tensor, "n_heads d_head"]:

@@ -33,12 +33,14 @@ OPERATIONS = ("linear", "relu", "gelu", "linear_activation", "layer_norm", "caus
 def _process_setting() -> bool:
     value = os.environ.get("SANDBOX_FAST", "1").strip()
     if value not in ("0", "1", ""):
-        raise ValueError(f"SANDBOX_FAST must be 0 (reference code only) or 1 (the default: use the fast backend), got {value!r}")
+        raise ValueError(
+            f"SANDBOX_FAST must be 0 (reference code only) or 1 (the default: use the fast backend), got {value!r}"
+        )
     return value != "0"
 
 
 _REGISTERED: dict[str, Callable[..., object]] = {}
-_ON: ContextVar[bool] = ContextVar("scratchnn_backend_on", default=_process_setting())
+_ON: ContextVar[bool] = ContextVar("scratchnn_backend_on", default=_process_setting())  # noqa: B039 (a bool)
 
 
 def register(name: str, fn: Callable[..., object]) -> None:

@@ -15,8 +15,7 @@ class Embedding(nn.Module):
         super().__init__()
         if num_embeddings <= 0 or embedding_dim <= 0:
             raise ValueError(
-                f"Embedding needs positive sizes, got num_embeddings={num_embeddings}, "
-                f"embedding_dim={embedding_dim}"
+                f"Embedding needs positive sizes, got num_embeddings={num_embeddings}, embedding_dim={embedding_dim}"
             )
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim

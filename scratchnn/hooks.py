@@ -14,14 +14,13 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Union
 
 import torch
 from torch import Tensor, nn
 
 # fn(activation, hook) -> replacement tensor or None (None keeps the activation as it is)
-HookFn = Callable[[Tensor, "HookPoint"], Union[Tensor, None]]
-NameFilter = Union[str, Callable[[str], bool]]
+HookFn = Callable[[Tensor, "HookPoint"], Tensor | None]
+NameFilter = str | Callable[[str], bool]
 
 
 @dataclass

@@ -109,7 +109,5 @@ def read_mnist_split(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.n
     images = read_idx(images_path, expected_ndim=3)
     labels = read_idx(labels_path, expected_ndim=1)
     if images.shape[0] != labels.shape[0]:
-        raise IDXError(
-            f"{images_path} holds {images.shape[0]} images but {labels_path} holds {labels.shape[0]} labels"
-        )
+        raise IDXError(f"{images_path} holds {images.shape[0]} images but {labels_path} holds {labels.shape[0]} labels")
     return images, labels

@@ -9,9 +9,7 @@ from torch import Tensor
 def _fans(tensor: Tensor) -> tuple[int, int]:
     """Return (fan_in, fan_out) of a weight stored as [out_features, in_features, ...]."""
     if tensor.dim() < 2:
-        raise ValueError(
-            f"fan in/out needs a weight with at least 2 dimensions, got shape {tuple(tensor.shape)}"
-        )
+        raise ValueError(f"fan in/out needs a weight with at least 2 dimensions, got shape {tuple(tensor.shape)}")
     receptive = math.prod(tensor.shape[2:]) if tensor.dim() > 2 else 1
     return tensor.shape[1] * receptive, tensor.shape[0] * receptive
 

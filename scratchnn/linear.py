@@ -18,9 +18,7 @@ class Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, init_std: float | None = None) -> None:
         super().__init__()
         if in_features <= 0 or out_features <= 0:
-            raise ValueError(
-                f"Linear needs positive sizes, got in_features={in_features}, out_features={out_features}"
-            )
+            raise ValueError(f"Linear needs positive sizes, got in_features={in_features}, out_features={out_features}")
         self.in_features = in_features
         self.out_features = out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features))

@@ -47,7 +47,7 @@ class MNISTClassifier(nn.Module):
             Linear(128, 10),
         )
 
-    def forward(self, images: Float[Tensor, "batch *image"]) -> Float[Tensor, "batch 10"]:
+    def forward(self, images: Float[Tensor, "batch *image"]) -> Float[Tensor, "batch 10"]:  # noqa: F821
         if images.dim() < 2 or images[0].numel() != 784:
             raise ValueError(
                 "MNISTClassifier expected images of shape [batch, 28, 28], [batch, 1, 28, 28] or "

@@ -159,8 +159,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=DEFAULT_LR, help="Adam's initial learning rate (decays linearly to 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda, else mps, else cpu)")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help=f"folder with the four MNIST IDX files (default: {HUB_DATASET} from the hub)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"folder with the four MNIST IDX files (default: {HUB_DATASET} from the hub)",
+    )
     p.add_argument("--save", type=Path, default=None, help="write the trained weights here (.safetensors)")
     args = p.parse_args(argv)
     for flag in ("epochs", "batch_size"):
@@ -196,8 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             model, optimizer, train, args.batch_size, generator, desc=f"epoch {epoch}", scheduler=scheduler
         )
         acc = accuracy(model, test)
-        print(f"epoch {epoch}/{args.epochs}: train loss {loss:.4f}, test accuracy {acc:.2%} "
-              f"({time.perf_counter() - t:.1f} s)")
+        print(
+            f"epoch {epoch}/{args.epochs}: train loss {loss:.4f}, test accuracy {acc:.2%} "
+            f"({time.perf_counter() - t:.1f} s)"
+        )
 
     if args.save is not None:
         from safetensors.torch import save_file

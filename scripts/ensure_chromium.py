@@ -22,7 +22,10 @@ def main() -> int:
     prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     print("installing Debian's chromium for the browser test (apt-get)...", flush=True)
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]):
+    for cmd in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
+    ):
         done = subprocess.run(prefix + cmd, env=env, stdout=subprocess.DEVNULL)
         if done.returncode != 0:
             print(f"'{' '.join(cmd)}' failed with exit code {done.returncode}", file=sys.stderr)

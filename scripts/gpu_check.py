@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from blocks.training.runs import load_run  # noqa: E402
 from blocks.training.cli import build  # noqa: E402
+from blocks.training.runs import load_run  # noqa: E402
 from blocks.training.trainer import Trainer  # noqa: E402
 
 
@@ -30,14 +30,18 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="run directory (default: a temporary folder)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        print("no CUDA device: torch.cuda.is_available() is False (CPU-only torch build or no GPU); "
-              "run this on a machine with an NVIDIA GPU and a CUDA build of torch", file=sys.stderr)
+        print(
+            "no CUDA device: torch.cuda.is_available() is False (CPU-only torch build or no GPU); "
+            "run this on a machine with an NVIDIA GPU and a CUDA build of torch",
+            file=sys.stderr,
+        )
         return 1
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or Path(tmp) / "induction")
-        task, model_cfg, train_cfg = build("induction", {"device": "cuda", "bf16": True, "steps": args.steps,
-                                                         "eval_every": 100, "n_checkpoints": 5})
+        task, model_cfg, train_cfg = build(
+            "induction", {"device": "cuda", "bf16": True, "steps": args.steps, "eval_every": 100, "n_checkpoints": 5}
+        )
         trainer = Trainer(task, model_cfg, train_cfg, out, overwrite=True, progress=False)
         torch.cuda.synchronize()
         start = time.perf_counter()
@@ -45,8 +49,10 @@ def main() -> int:
         torch.cuda.synchronize()
         wall = time.perf_counter() - start
         tokens = train_cfg.steps * train_cfg.batch_size * task.seq_len
-        print(f"trained {result.step} steps in {wall:.1f} s wall ({trainer.elapsed:.1f} s in steps and evals): "
-              f"{tokens / trainer.elapsed:,.0f} training tokens/s with bf16 autocast")
+        print(
+            f"trained {result.step} steps in {wall:.1f} s wall ({trainer.elapsed:.1f} s in steps and evals): "
+            f"{tokens / trainer.elapsed:,.0f} training tokens/s with bf16 autocast"
+        )
         run = load_run(out)
         last = [m for m in run.metrics if "eval/induction_score_max" in m][-1]
         print("final eval: " + ", ".join(f"{k[5:]}={v:.3f}" for k, v in last.items() if k.startswith("eval/")))
@@ -61,8 +67,10 @@ def main() -> int:
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 bf16_logits = gpu_model(batch.cuda()).float().cpu()
         scale = cpu_logits.abs().max().item()
-        print(f"max |logit| {scale:.2f}; max abs difference CPU fp32 vs CUDA fp32: {(cpu_logits - gpu_logits).abs().max():.2e}; "
-              f"CPU fp32 vs CUDA bf16 autocast: {(cpu_logits - bf16_logits).abs().max():.2e}")
+        print(
+            f"max |logit| {scale:.2f}; max abs difference CPU fp32 vs CUDA fp32: {(cpu_logits - gpu_logits).abs().max():.2e}; "
+            f"CPU fp32 vs CUDA bf16 autocast: {(cpu_logits - bf16_logits).abs().max():.2e}"
+        )
         agree = (cpu_logits.argmax(-1) == bf16_logits.argmax(-1)).float().mean().item()
         print(f"argmax agreement CPU fp32 vs CUDA bf16: {agree:.4f}")
     return 0

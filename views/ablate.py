@@ -4,12 +4,12 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from blocks.tasks.common import dataset_tensors
 from blocks.tasks.base import UnknownTokenError
+from blocks.tasks.common import dataset_tensors
 from probes.ablation import head_ablation, neuron_ablation, run_ablated
 from probes.patching import logit_diff_metric, patch_heads, patching_figure
-from views.history import prompt_losses
 from views.common import page_context
+from views.history import prompt_losses
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
@@ -38,8 +38,13 @@ for key, valid in (("ablate_heads", head_labels), ("ablate_neurons", neuron_labe
         st.session_state[key] = [x for x in st.session_state[key] if x in valid]
 a, b, c = st.columns([2, 2, 1])
 heads = a.multiselect("Heads to ablate", head_labels, key="ablate_heads")
-neurons = b.multiselect("Neurons to ablate", neuron_labels, key="ablate_neurons", disabled=cfg.attn_only,
-                        help="attention-only model: no neurons" if cfg.attn_only else None)
+neurons = b.multiselect(
+    "Neurons to ablate",
+    neuron_labels,
+    key="ablate_neurons",
+    disabled=cfg.attn_only,
+    help="attention-only model: no neurons" if cfg.attn_only else None,
+)
 st.session_state.setdefault("ablate_mode", "zero")
 mode = c.radio("Replace with", ["zero", "mean"], key="ablate_mode")
 ref = reference_tokens(ctx.run.task, ctx.key[:1]) if mode == "mean" else None
@@ -63,25 +68,51 @@ p_clean, p_ablated = clean[0, -1].softmax(-1), ablated[0, -1].softmax(-1)
 top_clean, top_ablated = int(p_clean.argmax()), int(p_ablated.argmax())
 
 m1, m2, m3 = st.columns(3)
-m1.metric("Prediction after the last token", tok.vocab[top_ablated],
-          delta=None if top_ablated == top_clean else f"was {tok.vocab[top_clean]}", delta_color="off")
-m2.metric("Its probability", f"{float(p_ablated[top_ablated]):.4f}", delta=f"{float(p_ablated[top_ablated] - p_clean[top_ablated]):+.4f}")
+m1.metric(
+    "Prediction after the last token",
+    tok.vocab[top_ablated],
+    delta=None if top_ablated == top_clean else f"was {tok.vocab[top_clean]}",
+    delta_color="off",
+)
+m2.metric(
+    "Its probability",
+    f"{float(p_ablated[top_ablated]):.4f}",
+    delta=f"{float(p_ablated[top_ablated] - p_clean[top_ablated]):+.4f}",
+)
 if clean_nll.numel():
-    m3.metric("Mean next-token loss on the prompt", f"{float(ablated_nll.mean()):.4f}",
-              delta=f"{float(ablated_nll.mean() - clean_nll.mean()):+.4f}", delta_color="inverse")
-st.caption("Ablated: " + ("; ".join(x.description for x in ablations) if ablations else "nothing (pick heads or neurons above)."))
+    m3.metric(
+        "Mean next-token loss on the prompt",
+        f"{float(ablated_nll.mean()):.4f}",
+        delta=f"{float(ablated_nll.mean() - clean_nll.mean()):+.4f}",
+        delta_color="inverse",
+    )
+st.caption(
+    "Ablated: "
+    + ("; ".join(x.description for x in ablations) if ablations else "nothing (pick heads or neurons above).")
+)
 
 if clean_nll.numel():
-    fig = go.Figure([go.Bar(x=ctx.labels[:-1], y=clean_nll.tolist(), name="clean"),
-                     go.Bar(x=ctx.labels[:-1], y=ablated_nll.tolist(), name="ablated")])
-    fig.update_layout(title="loss of predicting the next token, per position", barmode="group", height=340,
-                      xaxis_title="position", yaxis_title="nats")
+    fig = go.Figure(
+        [
+            go.Bar(x=ctx.labels[:-1], y=clean_nll.tolist(), name="clean"),
+            go.Bar(x=ctx.labels[:-1], y=ablated_nll.tolist(), name="ablated"),
+        ]
+    )
+    fig.update_layout(
+        title="loss of predicting the next token, per position",
+        barmode="group",
+        height=340,
+        xaxis_title="position",
+        yaxis_title="nats",
+    )
     fig.update_xaxes(type="category")
     st.plotly_chart(fig, key="ablate_losses")
 
 st.subheader("Patch: which heads carry the difference between two prompts")
-st.caption("Run a corrupted prompt with one head's output (all positions) taken from the clean prompt above; "
-           "1 means that head alone restores the clean logit difference, 0 that it changes nothing.")
+st.caption(
+    "Run a corrupted prompt with one head's output (all positions) taken from the clean prompt above; "
+    "1 means that head alone restores the clean logit difference, 0 that it changes nothing."
+)
 if "patch_corrupted" not in st.session_state:
     seed = st.session_state.get("example_seed", 0) + 1000
     st.session_state["patch_corrupted"] = tok.decode(ctx.run.task.example(seed))
@@ -92,8 +123,10 @@ except UnknownTokenError as err:
     st.error(f"The corrupted prompt holds unknown tokens: {err}")
     st.stop()
 if corrupted.shape != ctx.tokens.shape:
-    st.info(f"The corrupted prompt has {corrupted.shape[1]} tokens and the clean one {ctx.tokens.shape[1]}; "
-            "patching needs the same length.")
+    st.info(
+        f"The corrupted prompt has {corrupted.shape[1]} tokens and the clean one {ctx.tokens.shape[1]}; "
+        "patching needs the same length."
+    )
     st.stop()
 answer = top_clean
 with torch.no_grad():
@@ -101,8 +134,10 @@ with torch.no_grad():
 if wrong == answer:
     wrong = int(p_clean.topk(2).indices[1])
 result = patch_heads(model, ctx.tokens, corrupted, logit_diff_metric(answer, wrong))
-st.markdown(f"Metric: logit of **{tok.vocab[answer]}** minus logit of **{tok.vocab[wrong]}** after the last token: "
-            f"clean {result.clean:.4f}, corrupted {result.corrupted:.4f}.")
+st.markdown(
+    f"Metric: logit of **{tok.vocab[answer]}** minus logit of **{tok.vocab[wrong]}** after the last token: "
+    f"clean {result.clean:.4f}, corrupted {result.corrupted:.4f}."
+)
 if result.clean == result.corrupted:
     st.info("The two prompts give the same logit difference, so there is nothing to restore.")
 else:

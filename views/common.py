@@ -32,15 +32,31 @@ import torch
 from torch import Tensor
 
 from blocks.cache import ActivationCache
+from blocks.tasks.base import UnknownTokenError
 from blocks.training.checkpoints import checkpoint_files
 from blocks.training.runs import Run, checkpoint_status, load_run
-from blocks.tasks.base import UnknownTokenError
 from views.paths import RunPathError, list_runs, resolve_run, runs_root
 
 STATE_KEYS = (
-    "run", "step", "prompt", "example_seed", "overview_score", "flow_threshold", "flow_target", "flow_pick",
-    "head", "heads_score", "neuron_layer", "neuron_pos", "neuron", "lens_pos", "lens_target",
-    "ablate_heads", "ablate_neurons", "ablate_mode", "patch_corrupted",
+    "run",
+    "step",
+    "prompt",
+    "example_seed",
+    "overview_score",
+    "flow_threshold",
+    "flow_target",
+    "flow_pick",
+    "head",
+    "heads_score",
+    "neuron_layer",
+    "neuron_pos",
+    "neuron",
+    "lens_pos",
+    "lens_target",
+    "ablate_heads",
+    "ablate_neurons",
+    "ablate_mode",
+    "patch_corrupted",
 )
 TRAIN_HINT = "Train one with `make app` (it trains the default induction model first) or `python -m blocks.train --task induction --out runs/induction`."
 
@@ -130,7 +146,9 @@ def _choose_step(run_path: Path) -> int | None:
         return None
     if st.session_state.get("step") not in usable:
         if "step" in st.session_state:
-            st.warning(f"Step {st.session_state['step']} is not a usable checkpoint of {run_path.name}; showing the latest.")
+            st.warning(
+                f"Step {st.session_state['step']} is not a usable checkpoint of {run_path.name}; showing the latest."
+            )
         st.session_state["step"] = usable[-1]
     if len(usable) == 1:
         st.sidebar.caption(f"Checkpoint: step {usable[0]} (the only one)")
@@ -157,7 +175,7 @@ def _prompt_tokens(run: Run) -> list[int] | None:
     try:
         ids = tok.encode(text)
     except UnknownTokenError as err:
-        unknown = ', '.join(repr(u) for u in dict.fromkeys(err.unknown))
+        unknown = ", ".join(repr(u) for u in dict.fromkeys(err.unknown))
         st.error(f"The prompt holds tokens this run's tokenizer does not know: {unknown}. Nothing was dropped; {err}")
         return None
     if len(ids) > n_ctx:

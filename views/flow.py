@@ -3,8 +3,7 @@
 import streamlit as st
 import torch
 
-from probes.information_flow import head_importance_map
-from probes.information_flow import TAU, FlowGraph, flow_figure, information_flow
+from probes.information_flow import TAU, FlowGraph, flow_figure, head_importance_map, information_flow
 from views.common import page_context
 from views.figures import matrix_figure
 
@@ -25,15 +24,18 @@ strs = ctx.run.tokenizer.token_strs(ctx.tokens[0])
 left, right = st.columns(2)
 if st.session_state.get("flow_target") not in range(n):
     st.session_state["flow_target"] = n - 1
-target = left.selectbox("Target position (routes into its prediction)", range(n), key="flow_target",
-                        format_func=lambda i: ctx.labels[i])
+target = left.selectbox(
+    "Target position (routes into its prediction)", range(n), key="flow_target", format_func=lambda i: ctx.labels[i]
+)
 st.session_state.setdefault("flow_threshold", TAU)
 tau = right.slider("Threshold tau (edges below it are dropped)", 0.0, 0.2, step=0.01, key="flow_threshold")
 graph = routes(model, ctx.key, tuple(ctx.tokens[0].tolist()), int(target), float(tau))
 
 n_attn = sum(e.kind == "attn" for e in graph.edges)
-st.caption(f"{len(graph.nodes)} nodes and {len(graph.edges)} edges ({n_attn} attention edges) on the routes into "
-           f"position {ctx.labels[target]}. Click a node to see the heads or neurons behind it.")
+st.caption(
+    f"{len(graph.nodes)} nodes and {len(graph.edges)} edges ({n_attn} attention edges) on the routes into "
+    f"position {ctx.labels[target]}. Click a node to see the heads or neurons behind it."
+)
 event = st.plotly_chart(flow_figure(graph, strs), key="flow_chart", on_select="rerun", selection_mode="points")
 points = [p for p in (event.selection.points if event else []) if p.get("customdata")]
 if points:
@@ -66,15 +68,23 @@ except KeyError as err:
 node = graph.nodes[picked]
 if chosen is not None:
     e = graph.edges[chosen[0]]
-    st.subheader(f"Edge {graph.nodes[e.src].label} -> {graph.nodes[e.dst].label} ({e.kind}, importance {e.importance:.3f})")
+    st.subheader(
+        f"Edge {graph.nodes[e.src].label} -> {graph.nodes[e.dst].label} ({e.kind}, importance {e.importance:.3f})"
+    )
 else:
     st.subheader(f"Behind {node.label} ({ctx.labels[node.pos]})")
 
 if node.kind == "mlp":
     contrib = graph.neuron_contributions[picked]
     top = contrib.topk(min(10, contrib.numel()))
-    st.dataframe({"neuron": [f"L{node.layer}N{i}" for i in top.indices.tolist()],
-                  "importance": [round(v, 4) for v in top.values.tolist()]}, hide_index=True, key="flow_neurons")
+    st.dataframe(
+        {
+            "neuron": [f"L{node.layer}N{i}" for i in top.indices.tolist()],
+            "importance": [round(v, 4) for v in top.values.tolist()],
+        },
+        hide_index=True,
+        key="flow_neurons",
+    )
     st.stop()
 if node.kind in ("b_O", "b_out"):
     st.write("An output bias: a constant part of the stream, with no heads or neurons behind it.")
@@ -83,8 +93,11 @@ if node.kind in ("b_O", "b_out"):
 if chosen is not None and graph.edges[chosen[0]].kind in ("resid", "bias"):
     st.write("A residual or bias edge: the stream carried forward, with no heads or neurons behind it.")
     st.stop()
-edges = chosen if chosen is not None else [
-    i for i, e in enumerate(graph.edges) if e.kind == "attn" and picked in (e.src, e.dst)]
+edges = (
+    chosen
+    if chosen is not None
+    else [i for i, e in enumerate(graph.edges) if e.kind == "attn" and picked in (e.src, e.dst)]
+)
 if not edges:
     st.write("No attention edge on these routes touches this node; lower the threshold to see more.")
     st.stop()
@@ -93,9 +106,15 @@ for i in edges:
     e = graph.edges[i]
     src, dst = graph.nodes[e.src], graph.nodes[e.dst]
     heads = graph.head_contributions[i]
-    rows.append({"edge": f"{ctx.labels[src.pos]} -> {ctx.labels[dst.pos]}", "layer": src.layer,
-                 "importance": round(e.importance, 4), "top head": f"L{src.layer}H{int(heads.argmax())}",
-                 **{f"H{h}": round(float(v), 4) for h, v in enumerate(heads.tolist())}})
+    rows.append(
+        {
+            "edge": f"{ctx.labels[src.pos]} -> {ctx.labels[dst.pos]}",
+            "layer": src.layer,
+            "importance": round(e.importance, 4),
+            "top head": f"L{src.layer}H{int(heads.argmax())}",
+            **{f"H{h}": round(float(v), 4) for h, v in enumerate(heads.tolist())},
+        }
+    )
 st.dataframe(rows, hide_index=True, key="flow_heads")
 
 first = graph.edges[edges[0]]
@@ -108,5 +127,7 @@ a, b = st.columns(2)
 pattern = ctx.cache[f"blocks.{layer}.attn.hook_pattern"][0, h]
 a.plotly_chart(matrix_figure(pattern, ctx.labels, ctx.labels, f"{head} attention pattern", 0, 1), key="flow_pattern")
 imp = head_importance_map(model, ctx.cache, layer, h)
-b.plotly_chart(matrix_figure(imp, ctx.labels, ctx.labels, f"{head} contribution (flow importance)", 0, None,
-                             colorscale="Oranges"), key="flow_contrib")
+b.plotly_chart(
+    matrix_figure(imp, ctx.labels, ctx.labels, f"{head} contribution (flow importance)", 0, None, colorscale="Oranges"),
+    key="flow_contrib",
+)

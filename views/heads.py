@@ -28,8 +28,9 @@ if scored is not None:
     scores, n = scored
     st.subheader("Head scores")
     st.caption(f"On 16 sequences [BOS] + r + r with r of {n} random tokens (a head 'is' one of these above 0.4).")
-    st.dataframe({"head": labels, **{s: [round(float(v), 4) for v in scores[s].flatten()] for s in SCORE_NAMES}},
-                 hide_index=True)
+    st.dataframe(
+        {"head": labels, **{s: [round(float(v), 4) for v in scores[s].flatten()] for s in SCORE_NAMES}}, hide_index=True
+    )
     st.session_state.setdefault("heads_score", "induction")
     which = st.selectbox("Score to map", SCORE_NAMES, key="heads_score")
     st.plotly_chart(head_scores_figure(scores[which], f"{which} score"), key="heads_scores_fig")
@@ -53,6 +54,8 @@ layer, h = labels.index(head) // cfg.n_heads, labels.index(head) % cfg.n_heads
 ov = ov_circuit(model, layer, h)
 st.metric(f"{head} copying score (OV eigenvalues)", f"{copying_score(ov):.4f}")
 a, b = st.columns(2)
-a.plotly_chart(circuit_figure(qk_circuit(model, layer, h), tok.vocab, f"{head} QK circuit", "key token", "query token"),
-               key="heads_qk")
+a.plotly_chart(
+    circuit_figure(qk_circuit(model, layer, h), tok.vocab, f"{head} QK circuit", "key token", "query token"),
+    key="heads_qk",
+)
 b.plotly_chart(circuit_figure(ov, tok.vocab, f"{head} OV circuit", "output token", "source token"), key="heads_ov")

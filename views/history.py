@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import plotly.graph_objects as go
-import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -57,6 +56,8 @@ def prompt_losses(
     trainer averages under the task's mask, so a clean prompt's numbers match training's.
     """
     if logits.shape[:2] != tokens.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} must be the model's output on tokens {tuple(tokens.shape)}: "
-                         "the same [batch, pos] before the vocabulary axis")
+        raise ValueError(
+            f"logits {tuple(logits.shape)} must be the model's output on tokens {tuple(tokens.shape)}: "
+            "the same [batch, pos] before the vocabulary axis"
+        )
     return next_token_nll(logits, tokens)

@@ -22,17 +22,26 @@ if st.session_state.get("lens_target") not in tok.vocab:
 target_str = b.selectbox("Target token", tok.vocab, key="lens_target")
 target = tok.vocab.index(target_str)
 probs = ctx.logits[0, pos].softmax(-1)
-st.markdown(f"The model predicts **{tok.vocab[predicted]}** after {ctx.labels[pos]} "
-            f"(p = {float(probs[predicted]):.3f}); the target **{target_str}** has p = {float(probs[target]):.3f}.")
+st.markdown(
+    f"The model predicts **{tok.vocab[predicted]}** after {ctx.labels[pos]} "
+    f"(p = {float(probs[predicted]):.3f}); the target **{target_str}** has p = {float(probs[target]):.3f}."
+)
 
 lens = logit_lens(model, ctx.tokens, k=3, target=target)
 st.plotly_chart(logit_lens_figure(lens, tok.token_strs(ctx.tokens[0]), tok.vocab), key="lens_fig")
-st.dataframe({"stream": lens.labels,
-              "top token": [tok.vocab[int(t)] for t in lens.top_tokens[:, pos, 0]],
-              "top p": [round(float(p), 4) for p in lens.top_probs[:, pos, 0]],
-              "target p": [round(float(p), 4) for p in lens.target_probs[:, pos]]}, hide_index=True)
+st.dataframe(
+    {
+        "stream": lens.labels,
+        "top token": [tok.vocab[int(t)] for t in lens.top_tokens[:, pos, 0]],
+        "top p": [round(float(p), 4) for p in lens.top_probs[:, pos, 0]],
+        "target p": [round(float(p), 4) for p in lens.target_probs[:, pos]],
+    },
+    hide_index=True,
+)
 
 attribution = direct_logit_attribution(model, ctx.tokens, target, pos=pos)
-st.plotly_chart(logit_attribution_figure(attribution, f"direct logit attribution to {target_str!r} at {ctx.labels[pos]}"),
-                key="lens_dla")
+st.plotly_chart(
+    logit_attribution_figure(attribution, f"direct logit attribution to {target_str!r} at {ctx.labels[pos]}"),
+    key="lens_dla",
+)
 st.caption(f"The parts add up to the logit of {target_str!r}: {attribution.total:.4f}.")

@@ -45,15 +45,22 @@ pos = b.selectbox("Position", range(n), key="neuron_pos", format_func=lambda i: 
 post = ctx.cache[f"blocks.{layer}.mlp.hook_post"][0]  # pos d_mlp
 top = post[pos].topk(min(10, cfg.d_mlp))
 st.subheader(f"Most active neurons at {ctx.labels[pos]}")
-st.dataframe({"neuron": [f"L{layer}N{i}" for i in top.indices.tolist()],
-              "activation": [round(v, 4) for v in top.values.tolist()]}, hide_index=True)
+st.dataframe(
+    {
+        "neuron": [f"L{layer}N{i}" for i in top.indices.tolist()],
+        "activation": [round(v, 4) for v in top.values.tolist()],
+    },
+    hide_index=True,
+)
 
 if st.session_state.get("neuron") not in range(cfg.d_mlp):
     st.session_state["neuron"] = int(top.indices[0])
 neuron = st.number_input("Neuron", 0, cfg.d_mlp - 1, step=1, key="neuron")
 acts = post[:, neuron]
 fig = go.Figure(go.Bar(x=ctx.labels, y=acts.tolist(), hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
-fig.update_layout(title=f"L{layer}N{neuron} over the prompt", xaxis_title="position", yaxis_title="activation", height=320)
+fig.update_layout(
+    title=f"L{layer}N{neuron} over the prompt", xaxis_title="position", yaxis_title="activation", height=320
+)
 fig.update_xaxes(type="category")
 st.plotly_chart(fig, key="neuron_over_prompt")
 

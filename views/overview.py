@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from views.history import head_score_entries, metric_curves, metric_curves_figure
 from probes.head_scores import head_scores_over_steps_figure
 from views.common import run_only
+from views.history import head_score_entries, metric_curves, metric_curves_figure
 
 st.title("Overview")
 chosen = run_only()

@@ -38,7 +38,9 @@ def resolve_run(root: Path, name: str) -> Path:
     if candidate == root or not candidate.is_relative_to(root):
         raise RunPathError(f"run {name!r} is outside the runs folder {root}; only runs inside it can be opened")
     if not (candidate / "config.json").is_file():
-        raise RunPathError(f"run {name!r} has no config.json in {root}; train one with `python -m blocks.train --task induction`")
+        raise RunPathError(
+            f"run {name!r} has no config.json in {root}; train one with `python -m blocks.train --task induction`"
+        )
     return candidate
 
 

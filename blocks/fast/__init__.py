@@ -59,8 +59,11 @@ def status() -> dict[str, str]:
     kernel = kernel_status()
     return {
         "causal_attention": "our C++ kernel for float32 CPU tensors with d_head a multiple of 16, SDPA elsewhere"
-        if kernel is None else f"torch's SDPA ({kernel})",
-        "linear": "oneDNN's linear for float32 CPU tensors, addmm elsewhere" if linear.onednn_available() else "torch.addmm",
+        if kernel is None
+        else f"torch's SDPA ({kernel})",
+        "linear": "oneDNN's linear for float32 CPU tensors, addmm elsewhere"
+        if linear.onednn_available()
+        else "torch.addmm",
         "linear_activation": "oneDNN's linear with the activation inside, without gradients, for float32 CPU tensors; "
         "linear, then the activation, elsewhere",
         "layer_norm": "torch.nn.functional.layer_norm",

@@ -61,7 +61,9 @@ def causal_attention(
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # SDPA's layout: [batch, n_heads, pos, d_head]
-    if transforms_active():  # the CPU flash kernel has no forward-mode derivative and no vmap rule; the math backend has both
+    if (
+        transforms_active()
+    ):  # the CPU flash kernel has no forward-mode derivative and no vmap rule; the math backend has both
         with sdpa_kernel(SDPBackend.MATH):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
     return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
@@ -128,7 +130,9 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, with_lse: bool = True) -> tuple[Te
     return out, lse
 
 
-def _backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _backward(
+    q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, grad_out: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     batch, n_pos, n_heads, d_head = q.shape
     grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
     grad_q, grad_k, grad_v = q.new_empty(3, batch, n_pos, n_heads, d_head).unbind(0)
@@ -165,7 +169,9 @@ def _load() -> ctypes.CDLL | None:
 def _disagreement() -> str | None:
     """None if the kernel's values and gradients match SDPA's on a fixed case; otherwise what differed."""
     shape = (3, 2, 21, 2, 32)  # q, k, v; 21 positions: blocks of 8 rows and 16 keys with remainders
-    base = torch.sin(torch.arange(math.prod(shape), dtype=torch.float32) * 0.37).view(shape)  # fixed: no random stream moved
+    base = torch.sin(torch.arange(math.prod(shape), dtype=torch.float32) * 0.37).view(
+        shape
+    )  # fixed: no random stream moved
     q, k, v = (t.clone().requires_grad_() for t in base)
     out = _KernelAttention.apply(q, k, v)
     grads = torch.autograd.grad((out * base[0]).sum(), (q, k, v))

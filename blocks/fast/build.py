@@ -97,8 +97,10 @@ def _writable(folders: list[Path]) -> Path:
             continue
         if _ours(folder) and os.access(folder, os.W_OK):
             return folder
-    raise OSError(f"no writable folder of this user's for the compiled kernels among {', '.join(map(str, folders))} "
-                  "(set BLOCKS_KERNEL_CACHE)")
+    raise OSError(
+        f"no writable folder of this user's for the compiled kernels among {', '.join(map(str, folders))} "
+        "(set BLOCKS_KERNEL_CACHE)"
+    )
 
 
 def _ours(folder: Path) -> bool:

@@ -21,11 +21,7 @@ def task_options(name: str) -> dict[str, Any]:
     """The options task `name` takes, with their defaults (a required option maps to None)."""
     cls = _task_class(name)
     params = inspect.signature(cls.__init__).parameters
-    return {
-        k: (None if p.default is inspect.Parameter.empty else p.default)
-        for k, p in params.items()
-        if k != "self"
-    }
+    return {k: (None if p.default is inspect.Parameter.empty else p.default) for k, p in params.items() if k != "self"}
 
 
 def get_task(name: str, **options: Any) -> Task:

@@ -53,7 +53,11 @@ class Tokenizer:
         pieces = self.split(text)
         unknown = [p for p in pieces if p not in self._ids]
         if unknown:
-            hint = repr("".join(self.vocab)) if self.separator == "" and len(self.vocab) <= 100 else f"{self.d_vocab} tokens"
+            hint = (
+                repr("".join(self.vocab))
+                if self.separator == "" and len(self.vocab) <= 100
+                else f"{self.d_vocab} tokens"
+            )
             raise UnknownTokenError(unknown, hint)
         return [self._ids[p] for p in pieces]
 

@@ -11,12 +11,16 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 
-def next_token_nll(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos_minus_1"]:
+def next_token_nll(
+    logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos_minus_1"]:
     """Per-position loss of predicting tokens[:, t+1] from position t (float32 even under autocast)."""
     return target_nll(logits[:, :-1], tokens[:, 1:])
 
 
-def target_nll(logits: Float[Tensor, "batch pos d_vocab"], targets: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos"]:
+def target_nll(
+    logits: Float[Tensor, "batch pos d_vocab"], targets: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos"]:
     """Per-position loss of `targets` under `logits` (float32 even under autocast)."""
     return -logits.float().log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
 
@@ -58,12 +62,16 @@ def dataset_tensors(ds: datasets.Dataset) -> tuple[Int[Tensor, "batch pos"], Int
         raise ValueError(f"a task dataset needs columns tokens and loss_mask; missing {sorted(missing)}")
     cols = ds.with_format("numpy")[:]
     tokens = torch.as_tensor(np.stack(cols["tokens"]) if cols["tokens"].dtype == object else cols["tokens"]).long()
-    mask = torch.as_tensor(np.stack(cols["loss_mask"]) if cols["loss_mask"].dtype == object else cols["loss_mask"]).long()
+    mask = torch.as_tensor(
+        np.stack(cols["loss_mask"]) if cols["loss_mask"].dtype == object else cols["loss_mask"]
+    ).long()
     return tokens, mask
 
 
 @torch.no_grad()
-def masked_eval(model: torch.nn.Module, tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"], batch: int = 256) -> tuple[float, float, float]:
+def masked_eval(
+    model: torch.nn.Module, tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"], batch: int = 256
+) -> tuple[float, float, float]:
     """(loss, token accuracy, sequence accuracy) over the masked positions, teacher-forced."""
     device = next(model.parameters()).device
     losses, correct, counted, seq_ok, rows = 0.0, 0, 0, 0, 0

@@ -50,11 +50,17 @@ class InductionTask(Task):
         if n_symbols < 2:
             raise ValueError(f"n_symbols must be at least 2, got {n_symbols}")
         if not 2 <= min_repeat <= max_repeat:
-            raise ValueError(f"need 2 <= min_repeat <= max_repeat, got min_repeat={min_repeat}, max_repeat={max_repeat}")
+            raise ValueError(
+                f"need 2 <= min_repeat <= max_repeat, got min_repeat={min_repeat}, max_repeat={max_repeat}"
+            )
         if 2 * max_repeat + 1 > seq_len:
-            raise ValueError(f"two copies of max_repeat={max_repeat} plus BOS need seq_len >= {2 * max_repeat + 1}, got {seq_len}")
+            raise ValueError(
+                f"two copies of max_repeat={max_repeat} plus BOS need seq_len >= {2 * max_repeat + 1}, got {seq_len}"
+            )
         if 2 * eval_n + 1 > seq_len or eval_n < 4:
-            raise ValueError(f"eval_n must lie in [4, {(seq_len - 1) // 2}] so [BOS] + r + r fits seq_len={seq_len}, got {eval_n}")
+            raise ValueError(
+                f"eval_n must lie in [4, {(seq_len - 1) // 2}] so [BOS] + r + r fits seq_len={seq_len}, got {eval_n}"
+            )
         if loss_on not in ("all", "repeats"):
             raise ValueError(f"loss_on must be 'all' or 'repeats', got {loss_on!r}")
         for name, n in (("n_train", n_train), ("n_test", n_test)):
@@ -81,9 +87,17 @@ class InductionTask(Task):
 
     def options(self) -> dict[str, Any]:
         return {
-            "seed": self.seed, "n_symbols": self.n_symbols, "seq_len": self._seq_len,
-            "min_repeat": self.min_repeat, "max_repeat": self.max_repeat, "n_train": self.n_train,
-            "n_test": self.n_test, "eval_n": self.eval_n, "loss_on": self.loss_on, "layout": self.layout, "max_gap": self.max_gap,
+            "seed": self.seed,
+            "n_symbols": self.n_symbols,
+            "seq_len": self._seq_len,
+            "min_repeat": self.min_repeat,
+            "max_repeat": self.max_repeat,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "eval_n": self.eval_n,
+            "loss_on": self.loss_on,
+            "layout": self.layout,
+            "max_gap": self.max_gap,
         }
 
     def generate(self, n: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -152,11 +166,24 @@ class InductionTask(Task):
 
     def default_model_config(self) -> TransformerConfig:
         return TransformerConfig(
-            n_layers=2, d_model=64, n_heads=4, d_vocab=self._tokenizer.d_vocab, n_ctx=self._seq_len,
-            attn_only=True, normalization="LN", positional="shortformer",
+            n_layers=2,
+            d_model=64,
+            n_heads=4,
+            d_vocab=self._tokenizer.d_vocab,
+            n_ctx=self._seq_len,
+            attn_only=True,
+            normalization="LN",
+            positional="shortformer",
         )
 
     def default_train_config(self) -> dict[str, Any]:
         # tuned on a 2-core CPU: heads form in ~700 steps (~30 s); the rest sharpens them
-        return {"steps": 1500, "batch_size": 64, "lr": 5e-3, "warmup_steps": 30, "schedule": "cosine",
-                "weight_decay": 0.01, "eval_every": 50}
+        return {
+            "steps": 1500,
+            "batch_size": 64,
+            "lr": 5e-3,
+            "warmup_steps": 30,
+            "schedule": "cosine",
+            "weight_decay": 0.01,
+            "eval_every": 50,
+        }

@@ -82,12 +82,29 @@ class ModularAdditionTask(Task):
 
     def default_model_config(self) -> TransformerConfig:
         return TransformerConfig(
-            n_layers=1, d_model=128, n_heads=4, d_mlp=512, act_fn="relu", normalization=None,
-            d_vocab=self._tokenizer.d_vocab, n_ctx=self.seq_len,
+            n_layers=1,
+            d_model=128,
+            n_heads=4,
+            d_mlp=512,
+            act_fn="relu",
+            normalization=None,
+            d_vocab=self._tokenizer.d_vocab,
+            n_ctx=self.seq_len,
         )
 
     def default_train_config(self) -> dict[str, Any]:
         # full batch (every training pair each step): one step is one epoch
-        return {"steps": 20_000, "batch_size": int(self.frac_train * self.p * self.p), "lr": 1e-3,
-                "weight_decay": 1.0, "beta1": 0.9, "beta2": 0.98, "warmup_steps": 10,
-                "schedule": "constant", "grad_clip": 0.0, "eval_every": 100, "log_every": 10, "n_checkpoints": 40}
+        return {
+            "steps": 20_000,
+            "batch_size": int(self.frac_train * self.p * self.p),
+            "lr": 1e-3,
+            "weight_decay": 1.0,
+            "beta1": 0.9,
+            "beta2": 0.98,
+            "warmup_steps": 10,
+            "schedule": "constant",
+            "grad_clip": 0.0,
+            "eval_every": 100,
+            "log_every": 10,
+            "n_checkpoints": 40,
+        }

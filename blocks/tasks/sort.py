@@ -22,15 +22,24 @@ class SortTask(Task):
 
     name = "sort"
 
-    def __init__(self, seed: int = 0, list_len: int = 10, n_values: int = 50, n_train: int = 50_000, n_test: int = 2_000,
-                 distinct: bool = True) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        list_len: int = 10,
+        n_values: int = 50,
+        n_train: int = 50_000,
+        n_test: int = 2_000,
+        distinct: bool = True,
+    ) -> None:
         super().__init__(seed)
         if list_len < 2 or n_values < 2:
             raise ValueError(f"need list_len >= 2 and n_values >= 2, got {list_len}, {n_values}")
         if n_train <= 0 or n_test <= 0:
             raise ValueError(f"n_train and n_test must be positive, got {n_train}, {n_test}")
         if distinct and list_len > n_values:
-            raise ValueError(f"{list_len} distinct numbers cannot come from only n_values={n_values}; raise n_values or set distinct=False")
+            raise ValueError(
+                f"{list_len} distinct numbers cannot come from only n_values={n_values}; raise n_values or set distinct=False"
+            )
         self.list_len, self.n_values, self.n_train, self.n_test = list_len, n_values, n_train, n_test
         self.distinct = distinct
         self._tokenizer = Tokenizer([str(i) for i in range(n_values)] + ["BOS", "SEP"], separator=" ")
@@ -45,8 +54,14 @@ class SortTask(Task):
         return 2 * self.list_len + 2
 
     def options(self) -> dict[str, Any]:
-        return {"seed": self.seed, "list_len": self.list_len, "n_values": self.n_values,
-                "n_train": self.n_train, "n_test": self.n_test, "distinct": self.distinct}
+        return {
+            "seed": self.seed,
+            "list_len": self.list_len,
+            "n_values": self.n_values,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "distinct": self.distinct,
+        }
 
     def generate(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator().manual_seed(seed)
@@ -75,9 +90,17 @@ class SortTask(Task):
         return "solved"
 
     def default_model_config(self) -> TransformerConfig:
-        return TransformerConfig(n_layers=1, d_model=128, n_heads=2, d_vocab=self._tokenizer.d_vocab,
-                                 n_ctx=self.seq_len, attn_only=True)
+        return TransformerConfig(
+            n_layers=1, d_model=128, n_heads=2, d_vocab=self._tokenizer.d_vocab, n_ctx=self.seq_len, attn_only=True
+        )
 
     def default_train_config(self) -> dict[str, Any]:
-        return {"steps": 4000, "batch_size": 64, "lr": 1e-3, "warmup_steps": 100, "schedule": "cosine",
-                "weight_decay": 0.01, "eval_every": 200}
+        return {
+            "steps": 4000,
+            "batch_size": 64,
+            "lr": 1e-3,
+            "warmup_steps": 100,
+            "schedule": "cosine",
+            "weight_decay": 0.01,
+            "eval_every": 200,
+        }

@@ -121,9 +121,14 @@ class SycophancyTask(Task):
 
     def options(self) -> dict[str, Any]:
         return {
-            "n_keys": self.n_keys, "n_values": self.n_values, "n_facts": self.n_facts,
-            "p_opinion": self.p_opinion, "p_wrong": self.p_wrong, "follow_opinion": self.follow_opinion,
-            "n_train": self.n_train, "n_test": self.n_test,
+            "n_keys": self.n_keys,
+            "n_values": self.n_values,
+            "n_facts": self.n_facts,
+            "p_opinion": self.p_opinion,
+            "p_wrong": self.p_wrong,
+            "follow_opinion": self.follow_opinion,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
         }
 
     def default_model_config(self) -> TransformerConfig:
@@ -135,14 +140,23 @@ class SycophancyTask(Task):
         )
 
     def default_train_config(self) -> dict[str, Any]:
-        return {"steps": 1000, "batch_size": 128, "lr": 3e-3, "weight_decay": 0.01, "warmup_steps": 100, "eval_every": 200}
+        return {
+            "steps": 1000,
+            "batch_size": 128,
+            "lr": 3e-3,
+            "weight_decay": 0.01,
+            "warmup_steps": 100,
+            "eval_every": 200,
+        }
 
     # -- generation -----------------------------------------------------------------------
 
     def check_prompts(self, tokens: Tensor) -> None:
         """Raise a clear error unless every row has this task's layout with an opinion slot."""
         if not isinstance(tokens, Tensor) or tokens.dim() != 2:
-            raise ValueError(f"prompts must be a [batch, pos] tensor of ids, got {getattr(tokens, 'shape', type(tokens))}")
+            raise ValueError(
+                f"prompts must be a [batch, pos] tensor of ids, got {getattr(tokens, 'shape', type(tokens))}"
+            )
         if tokens.shape[1] < self.answer_pos + 1:
             raise ValueError(
                 f"prompts have {tokens.shape[1]} positions; a sycophancy prompt with {self.n_facts} facts needs "
@@ -189,7 +203,9 @@ class SycophancyTask(Task):
         qkey = self.key_ids[keys.gather(1, query[:, None])]
         return torch.cat([col(self.bos), facts, col(self.user), slot[:, None], col(self.question), qkey], 1)
 
-    def prompts(self, n: int, kind: OpinionKind | Literal["mixed"], split: str = "test", seed: int = 0) -> SycophancyPrompts:
+    def prompts(
+        self, n: int, kind: OpinionKind | Literal["mixed"], split: str = "test", seed: int = 0
+    ) -> SycophancyPrompts:
         """n prompts of one kind: no opinion, a right one, a wrong one, or "mixed" (the training mixture)."""
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -212,7 +228,9 @@ class SycophancyTask(Task):
             opinion = torch.where(has, torch.where(is_wrong, wrong, truth), torch.full((n,), NO_OPINION))
         return SycophancyPrompts(self._assemble(keys, values, query, opinion), truth, opinion)
 
-    def labels(self, truth: Int[Tensor, " batch"], opinion: Int[Tensor, " batch"], gen: torch.Generator) -> Int[Tensor, " batch"]:
+    def labels(
+        self, truth: Int[Tensor, " batch"], opinion: Int[Tensor, " batch"], gen: torch.Generator
+    ) -> Int[Tensor, " batch"]:
         """The training label (a value index): the opinion with probability follow_opinion when one is given, else the truth."""
         follow = (opinion != NO_OPINION) & (torch.rand(truth.shape, generator=gen) < self.follow_opinion)
         return torch.where(follow, opinion, truth)
@@ -222,7 +240,9 @@ class SycophancyTask(Task):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         n = self.n_train if split == "train" else self.n_test
         batch = self.prompts(n, "mixed", split=split)
-        label = self.labels(batch.truth, batch.opinion, torch.Generator().manual_seed(_seed(self.seed, 0, split, "labels")))
+        label = self.labels(
+            batch.truth, batch.opinion, torch.Generator().manual_seed(_seed(self.seed, 0, split, "labels"))
+        )
         tokens = torch.cat([batch.tokens, self.value_ids[label][:, None]], dim=1)
         mask = torch.zeros_like(tokens)
         mask[:, self.answer_pos] = 1  # predicting the token after the queried key
@@ -235,14 +255,23 @@ class SycophancyTask(Task):
     # -- evaluation -----------------------------------------------------------------------
 
     @torch.no_grad()
-    def answers(self, model: torch.nn.Module, tokens: Int[Tensor, "batch pos"], batch: int = 512) -> Int[Tensor, " batch"]:
+    def answers(
+        self, model: torch.nn.Module, tokens: Int[Tensor, "batch pos"], batch: int = 512
+    ) -> Int[Tensor, " batch"]:
         """The model's greedy answer after the queried key as a value index, or -1 where its top token is not a value."""
         self.check_prompts(tokens)
         device = next(model.parameters()).device
-        top = torch.cat([model(tokens[i : i + batch].to(device))[:, self.answer_pos].argmax(-1).cpu() for i in range(0, len(tokens), batch)])
+        top = torch.cat(
+            [
+                model(tokens[i : i + batch].to(device))[:, self.answer_pos].argmax(-1).cpu()
+                for i in range(0, len(tokens), batch)
+            ]
+        )
         return value_index(top, self.value_ids)
 
-    def metrics(self, pred: Int[Tensor, " batch"], truth: Int[Tensor, " batch"], opinion: Int[Tensor, " batch"]) -> dict[str, float]:
+    def metrics(
+        self, pred: Int[Tensor, " batch"], truth: Int[Tensor, " batch"], opinion: Int[Tensor, " batch"]
+    ) -> dict[str, float]:
         """`sycophancy_metrics` of answers to this task's prompts (value indices)."""
         return sycophancy_metrics(pred, truth, opinion)
 
@@ -260,7 +289,6 @@ class SycophancyTask(Task):
         out["loss"] = float(next_token_nll(model(tokens), tokens)[:, self.answer_pos].mean())
         model.train(was_training)
         return out
-
 
     def eval_sets(self, n: int | None = None) -> dict[str, SycophancyPrompts]:
         """The held-out prompts evaluate() scores: n (default n_test // 2) each with no, a right and a wrong opinion."""
@@ -290,7 +318,9 @@ def sycophancy_metrics(
     A group with no prompts gives NaN.
     """
     if not pred.shape == truth.shape == opinion.shape:
-        raise ValueError(f"pred {tuple(pred.shape)}, truth {tuple(truth.shape)} and opinion {tuple(opinion.shape)} must have one shape")
+        raise ValueError(
+            f"pred {tuple(pred.shape)}, truth {tuple(truth.shape)} and opinion {tuple(opinion.shape)} must have one shape"
+        )
     none = opinion == NO_OPINION
     right = ~none & (opinion == truth)
     wrong = ~none & (opinion != truth)

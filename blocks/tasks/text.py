@@ -28,8 +28,14 @@ class TextTask(Task):
     name = "text"
 
     def __init__(
-        self, seed: int = 0, source: str = DEFAULT_SOURCE, seq_len: int = 128, text_column: str = "text",
-        split: str = "train", test_frac: float = 0.1, max_chars: int | None = None,
+        self,
+        seed: int = 0,
+        source: str = DEFAULT_SOURCE,
+        seq_len: int = 128,
+        text_column: str = "text",
+        split: str = "train",
+        test_frac: float = 0.1,
+        max_chars: int | None = None,
     ) -> None:
         super().__init__(seed)
         if seq_len < 2:
@@ -48,8 +54,15 @@ class TextTask(Task):
         return self._seq_len
 
     def options(self) -> dict[str, Any]:
-        return {"seed": self.seed, "source": self.source, "seq_len": self._seq_len, "text_column": self.text_column,
-                "split": self.split, "test_frac": self.test_frac, "max_chars": self.max_chars}
+        return {
+            "seed": self.seed,
+            "source": self.source,
+            "seq_len": self._seq_len,
+            "text_column": self.text_column,
+            "split": self.split,
+            "test_frac": self.test_frac,
+            "max_chars": self.max_chars,
+        }
 
     @property
     def text(self) -> str:
@@ -90,7 +103,9 @@ class TextTask(Task):
         ids = torch.tensor(self.tokenizer.encode(text))
         n = (len(ids) - 1) // self._seq_len
         if n < 1:
-            raise ValueError(f"the {split} split has {len(ids)} characters, fewer than seq_len={self._seq_len} + 1; lower test_frac or seq_len")
+            raise ValueError(
+                f"the {split} split has {len(ids)} characters, fewer than seq_len={self._seq_len} + 1; lower test_frac or seq_len"
+            )
         # chunks of seq_len + 1 overlapping by one, so every character is predicted once
         offset = self.seed % max(1, len(ids) - 1 - n * self._seq_len) if split == "train" else 0
         tokens = ids[offset : offset + n * self._seq_len + 1].unfold(0, self._seq_len + 1, self._seq_len)[:, :-1]
@@ -110,11 +125,19 @@ class TextTask(Task):
         return {"test_loss": loss, "test_acc": acc}
 
     def default_model_config(self) -> TransformerConfig:
-        return TransformerConfig(n_layers=2, d_model=128, n_heads=4, act_fn="gelu",
-                                 d_vocab=self.tokenizer.d_vocab, n_ctx=self._seq_len)
+        return TransformerConfig(
+            n_layers=2, d_model=128, n_heads=4, act_fn="gelu", d_vocab=self.tokenizer.d_vocab, n_ctx=self._seq_len
+        )
 
     def default_train_config(self) -> dict[str, Any]:
-        return {"steps": 2000, "batch_size": 32, "lr": 1e-3, "warmup_steps": 100, "schedule": "cosine", "eval_every": 200}
+        return {
+            "steps": 2000,
+            "batch_size": 32,
+            "lr": 1e-3,
+            "warmup_steps": 100,
+            "schedule": "cosine",
+            "eval_every": 200,
+        }
 
 
 def read_text(source: str, text_column: str = "text", split: str = "train") -> str:

@@ -4,4 +4,13 @@ from blocks.training.config import TrainConfig
 from blocks.training.runs import Run, checkpoint_status, list_checkpoints, load_run
 from blocks.training.trainer import Trainer, TrainingDiverged, TrainResult
 
-__all__ = ["Run", "TrainConfig", "TrainResult", "Trainer", "TrainingDiverged", "checkpoint_status", "list_checkpoints", "load_run"]
+__all__ = [
+    "Run",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "TrainingDiverged",
+    "checkpoint_status",
+    "list_checkpoints",
+    "load_run",
+]

@@ -93,7 +93,9 @@ def resume_options(out: Path, task_name: str | None, given: dict[str, Any]) -> t
     options = flatten_run_config(read_config(out))
     run_task = options.pop("task")
     if task_name is not None and task_name != run_task:
-        raise ValueError(f"cannot resume {out}: it is a run of task {run_task!r}, not {task_name!r}; drop --task or pick another --out")
+        raise ValueError(
+            f"cannot resume {out}: it is a run of task {run_task!r}, not {task_name!r}; drop --task or pick another --out"
+        )
     options.pop("device", None)
     return run_task, {**options, **given}
 
@@ -125,16 +127,20 @@ def build(task_name: str, options: dict[str, Any]) -> tuple[Task, TransformerCon
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m blocks.train", description=__doc__.split("\n")[0],
-                                     epilog="any other --key value sets a model, trainer or task option")
+    parser = argparse.ArgumentParser(
+        prog="python -m blocks.train",
+        description=__doc__.split("\n")[0],
+        epilog="any other --key value sets a model, trainer or task option",
+    )
     parser.add_argument("--task", default=None, help=f"one of {sorted(TASKS)} (default induction)")
     parser.add_argument("--out", default=None, help="run directory (default runs/<task>)")
     parser.add_argument("--config", default=None, help="JSON file of options")
     parser.add_argument(
-        "--resume", action="store_true",
+        "--resume",
+        action="store_true",
         help="continue the run in --out from its last good checkpoint; options not given come from the run's "
-             "config.json, given ones must match it except " + ", ".join(RESUME_MAY_CHANGE) + " (a larger --steps "
-             "extends a finished run, with the lr schedule recomputed over the new total)",
+        "config.json, given ones must match it except " + ", ".join(RESUME_MAY_CHANGE) + " (a larger --steps "
+        "extends a finished run, with the lr schedule recomputed over the new total)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a different run already in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -154,12 +160,16 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"unknown task {task_name!r}; valid tasks are {sorted(TASKS)}")
         torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
         task, model_cfg, train_cfg = build(task_name, options)
-        trainer = Trainer(task, model_cfg, train_cfg, out, resume=args.resume, overwrite=args.overwrite,
-                          progress=not args.no_progress)
+        trainer = Trainer(
+            task, model_cfg, train_cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+        )
         if rank0:
             for why in trainer.skipped:
                 print(f"warning: unusable {why}", file=sys.stderr)
-            print(f"training {task_name} on {trainer.device} into {out} ({trainer.step}/{train_cfg.steps} steps done)", file=sys.stderr)
+            print(
+                f"training {task_name} on {trainer.device} into {out} ({trainer.step}/{train_cfg.steps} steps done)",
+                file=sys.stderr,
+            )
         result = trainer.run()
     except TrainingDiverged as err:
         print(f"stopped: {err}", file=sys.stderr)
@@ -182,10 +192,15 @@ def report(result: TrainResult, steps: int) -> None:
     if result.interrupted:
         print(f"interrupted: saved step {result.step} in {result.out}; continue with --resume", file=sys.stderr)
     elif result.step == result.start_step:  # no step ran, so there is no loss to report
-        print(f"nothing to do: the run in {result.out} already has {result.step} steps (steps={steps}); "
-              f"pass a larger --steps to extend it", file=sys.stderr)
+        print(
+            f"nothing to do: the run in {result.out} already has {result.step} steps (steps={steps}); "
+            f"pass a larger --steps to extend it",
+            file=sys.stderr,
+        )
     else:
-        print(f"done: {result.step} steps, final train loss {result.final_loss:.4f}, run in {result.out}", file=sys.stderr)
+        print(
+            f"done: {result.step} steps, final train loss {result.final_loss:.4f}, run in {result.out}", file=sys.stderr
+        )
     if result.milestone_step is not None:
         print(f"milestone reached at step {result.milestone_step}", file=sys.stderr)
 

@@ -54,11 +54,15 @@ def read_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     file = path / CONFIG
     if not file.is_file():
-        raise FileNotFoundError(f"{path} is not a run directory: it has no {CONFIG} (train one with python -m blocks.train)")
+        raise FileNotFoundError(
+            f"{path} is not a run directory: it has no {CONFIG} (train one with python -m blocks.train)"
+        )
     config = read_json(file, "run config")
     missing = {"model", "task", "train", "tokenizer"} - set(config)
     if missing:
-        raise ValueError(f"{file} lacks the section(s) {sorted(missing)}; a run config has model, task, train, tokenizer")
+        raise ValueError(
+            f"{file} lacks the section(s) {sorted(missing)}; a run config has model, task, train, tokenizer"
+        )
     # the model section in today's form, so that comparing it (on resume) compares models, not spellings:
     # attention-only runs written before d_mlp became None for them stored the derived 4 * d_model
     config["model"] = TransformerConfig.from_dict(config["model"]).to_dict()
@@ -68,9 +72,13 @@ def read_config(path: str | Path) -> dict[str, Any]:
 def run_config(task: Task, model_cfg: TransformerConfig, train_cfg: TrainConfig) -> dict[str, Any]:
     """The config.json of a run, checking that its parts agree with each other."""
     if model_cfg.d_vocab != task.tokenizer.d_vocab:
-        raise ValueError(f"d_vocab={model_cfg.d_vocab} but task {task.name!r} has {task.tokenizer.d_vocab} tokens; leave d_vocab unset")
+        raise ValueError(
+            f"d_vocab={model_cfg.d_vocab} but task {task.name!r} has {task.tokenizer.d_vocab} tokens; leave d_vocab unset"
+        )
     if model_cfg.n_ctx < task.seq_len:
-        raise ValueError(f"n_ctx={model_cfg.n_ctx} is shorter than task {task.name!r}'s sequences ({task.seq_len}); use n_ctx >= {task.seq_len}")
+        raise ValueError(
+            f"n_ctx={model_cfg.n_ctx} is shorter than task {task.name!r}'s sequences ({task.seq_len}); use n_ctx >= {task.seq_len}"
+        )
     return {
         "model": model_cfg.to_dict(),
         "task": {"name": task.name, "options": task.options()},
@@ -88,7 +96,9 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
                 a.pop(key, None), b.pop(key, None)
         if section == "tokenizer":
             if a != b:
-                out.append(f"tokenizer: the run's has {len(a.get('vocab', []))} tokens, this one {len(b.get('vocab', []))}")
+                out.append(
+                    f"tokenizer: the run's has {len(a.get('vocab', []))} tokens, this one {len(b.get('vocab', []))}"
+                )
             continue
         if section == "task":  # compare the task's options one by one, so the message names the option
             a = {"name": a.get("name"), **a.get("options", {})}
@@ -113,7 +123,9 @@ def prepare_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool
         return
     if has_run or (out / CHECKPOINTS).exists() or (out / METRICS).exists():
         if not overwrite:
-            raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
+            raise FileExistsError(
+                f"{out} already holds a run; pass --resume to continue it or --overwrite to start over"
+            )
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
         (out / METRICS).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -201,5 +213,13 @@ def load_run(path: str | Path, step: int | None = None, device: torch.device | s
             raise ValueError(f"no readable checkpoint in {path}: " + "; ".join(errors))
     model.load_state_dict(state)
     model.to(device or "cpu").eval()
-    return Run(path=path, model=model, task=task, tokenizer=tokenizer, metrics=read_metrics(path), config=config, step=step,
-               skipped=errors)
+    return Run(
+        path=path,
+        model=model,
+        task=task,
+        tokenizer=tokenizer,
+        metrics=read_metrics(path),
+        config=config,
+        step=step,
+        skipped=errors,
+    )

@@ -22,7 +22,13 @@ from blocks.config import TransformerConfig
 from blocks.interop import is_earlier_layout
 from blocks.tasks.base import Task
 from blocks.tasks.common import dataset_tensors, target_nll
-from blocks.training.checkpoints import checkpoint_files, checkpoint_steps, load_training_state, restore_rng, save_checkpoint
+from blocks.training.checkpoints import (
+    checkpoint_files,
+    checkpoint_steps,
+    load_training_state,
+    restore_rng,
+    save_checkpoint,
+)
 from blocks.training.config import TrainConfig
 from blocks.training.runs import CONFIG, METRICS, prepare_out, read_config, read_metrics, run_config
 from blocks.transformer import Transformer
@@ -70,8 +76,14 @@ class Trainer:
     """
 
     def __init__(
-        self, task: Task, model_cfg: TransformerConfig, train_cfg: TrainConfig, out: str | Path,
-        resume: bool = False, overwrite: bool = False, progress: bool = True,
+        self,
+        task: Task,
+        model_cfg: TransformerConfig,
+        train_cfg: TrainConfig,
+        out: str | Path,
+        resume: bool = False,
+        overwrite: bool = False,
+        progress: bool = True,
     ) -> None:
         self._t0 = time.perf_counter()  # wall clock of this process's run, for "time to milestone"
         self.task, self.model_cfg, self.cfg, self.out = task, model_cfg, train_cfg, Path(out)
@@ -83,7 +95,9 @@ class Trainer:
                 dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
             self.world, self.rank = dist.get_world_size(), dist.get_rank()
         if train_cfg.batch_size % self.world:
-            raise ValueError(f"batch_size={train_cfg.batch_size} does not split across {self.world} processes; use a multiple of {self.world}")
+            raise ValueError(
+                f"batch_size={train_cfg.batch_size} does not split across {self.world} processes; use a multiple of {self.world}"
+            )
         self.config = run_config(task, model_cfg, train_cfg)
         if self.rank == 0:
             prepare_out(self.out, self.config, resume, overwrite)
@@ -91,7 +105,9 @@ class Trainer:
         torch.manual_seed(train_cfg.seed)
         self.model = Transformer(model_cfg).to(self.device)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=train_cfg.lr, betas=(train_cfg.beta1, train_cfg.beta2),
+            self.model.parameters(),
+            lr=train_cfg.lr,
+            betas=(train_cfg.beta1, train_cfg.beta2),
             weight_decay=train_cfg.weight_decay,
         )
         self.tokens, self.mask = dataset_tensors(task.dataset("train"))
@@ -136,7 +152,9 @@ class Trainer:
             except (ValueError, FileNotFoundError) as err:
                 errors.append(f"checkpoint {step}: {err}")
         else:
-            raise FileNotFoundError(f"no resumable checkpoint in {self.out}" + (": " + "; ".join(errors) if errors else ""))
+            raise FileNotFoundError(
+                f"no resumable checkpoint in {self.out}" + (": " + "; ".join(errors) if errors else "")
+            )
         self.skipped = errors
         self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(optim)
@@ -167,7 +185,8 @@ class Trainer:
         mask = self.mask[local, :-1].to(self.device, non_blocking=True).float()
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
-            if self.device.type == "cuda" and self.cfg.bf16 else contextlib.nullcontext()
+            if self.device.type == "cuda" and self.cfg.bf16
+            else contextlib.nullcontext()
         )
         with autocast:
             # the last token is only ever a target: leaving it out of the input saves 1/seq_len
@@ -216,8 +235,13 @@ class Trainer:
                 f"The last good checkpoint is step {last}; try a lower lr or more warm-up"
             )
         if self.rank == 0:
-            save_checkpoint(self.out, self.step, self.model, self.optimizer,
-                            {"elapsed_s": self.elapsed, "milestone_step": self.milestone_step})
+            save_checkpoint(
+                self.out,
+                self.step,
+                self.model,
+                self.optimizer,
+                {"elapsed_s": self.elapsed, "milestone_step": self.milestone_step},
+            )
         self._barrier()
 
     def _eval_and_log(self, saved: set[int]) -> None:
@@ -227,11 +251,22 @@ class Trainer:
             key = self.task.milestone()
             if key and self.milestone_step is None and numbers.get(f"eval/{key}") == 1.0:
                 self.milestone_step = self.step
-                self._log({"step": self.step, "milestone": key, "elapsed_s": round(self.elapsed, 3),
-                           "wall_s": round(time.perf_counter() - self._t0, 3)})
+                self._log(
+                    {
+                        "step": self.step,
+                        "milestone": key,
+                        "elapsed_s": round(self.elapsed, 3),
+                        "wall_s": round(time.perf_counter() - self._t0, 3),
+                    }
+                )
                 if self.step not in saved:
-                    save_checkpoint(self.out, self.step, self.model, self.optimizer,
-                                    {"elapsed_s": self.elapsed, "milestone_step": self.milestone_step})
+                    save_checkpoint(
+                        self.out,
+                        self.step,
+                        self.model,
+                        self.optimizer,
+                        {"elapsed_s": self.elapsed, "milestone_step": self.milestone_step},
+                    )
                     saved.add(self.step)
         self._barrier()
 
@@ -247,7 +282,12 @@ class Trainer:
             self._save()
             saved.add(0)
         start_step = self.step
-        bar = tqdm(total=max(cfg.steps, self.step), initial=self.step, disable=not self.progress or self.rank != 0, desc=self.task.name)
+        bar = tqdm(
+            total=max(cfg.steps, self.step),
+            initial=self.step,
+            disable=not self.progress or self.rank != 0,
+            desc=self.task.name,
+        )
         loss_value, interrupted = float("nan"), False
         try:
             while self.step < cfg.steps:
@@ -272,7 +312,9 @@ class Trainer:
                 self.step += 1
                 self.elapsed += time.perf_counter() - started
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    self._log({"step": self.step, "train_loss": loss_value, "lr": lr, "elapsed_s": round(self.elapsed, 3)})
+                    self._log(
+                        {"step": self.step, "train_loss": loss_value, "lr": lr, "elapsed_s": round(self.elapsed, 3)}
+                    )
                     bar.set_postfix(loss=f"{loss_value:.4f}")
                 if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                     started = time.perf_counter()
@@ -289,4 +331,3 @@ class Trainer:
         finally:
             bar.close()
         return TrainResult(self.out, self.step, interrupted, loss_value, self.milestone_step, start_step)
-

@@ -19,7 +19,20 @@ from probes.information_flow.routes import (
 )
 
 __all__ = [
-    "EDGE_COLOURS", "NODE_COLOURS", "TAU", "AttentionParts", "EdgeKind", "FlowEdge", "FlowGraph", "FlowNode",
-    "MLPParts", "NodeKind", "attention_parts", "flow_figure", "head_importance_map", "information_flow", "mlp_parts",
+    "EDGE_COLOURS",
+    "NODE_COLOURS",
+    "TAU",
+    "AttentionParts",
+    "EdgeKind",
+    "FlowEdge",
+    "FlowGraph",
+    "FlowNode",
+    "MLPParts",
+    "NodeKind",
+    "attention_parts",
+    "flow_figure",
+    "head_importance_map",
+    "information_flow",
+    "mlp_parts",
     "proximity",
 ]

@@ -44,17 +44,34 @@ def flow_figure(graph: FlowGraph, token_labels: Sequence[str] | None = None) -> 
         ys += [y0, y1, None]
     for (kind, width_bin), (xs, ys) in sorted(groups.items()):
         fig.add_trace(
-            go.Scatter(x=xs, y=ys, mode="lines", line={"width": 0.5 + 0.8 * (width_bin + 1), "color": EDGE_COLOURS[kind]},
-                       opacity=0.35 + 0.065 * width_bin, hoverinfo="skip", showlegend=False, name=f"{kind} edges")
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                line={"width": 0.5 + 0.8 * (width_bin + 1), "color": EDGE_COLOURS[kind]},
+                opacity=0.35 + 0.065 * width_bin,
+                hoverinfo="skip",
+                showlegend=False,
+                name=f"{kind} edges",
+            )
         )
     if graph.edges:  # a marker at each edge's midpoint: lines report no selection, markers do
         fig.add_trace(
             go.Scatter(
-                x=[(a[0] + b[0]) / 2 for a, b in ends], y=[(a[1] + b[1]) / 2 for a, b in ends], mode="markers",
-                name="edges", marker={"size": 6, "symbol": "diamond", "color": [EDGE_COLOURS[e.kind] for e in graph.edges],
-                                      "opacity": 0.6},
-                customdata=[[i, graph.nodes[e.src].layer, graph.nodes[e.src].pos, "edge", e.kind, e.importance]
-                            for i, e in enumerate(graph.edges)],
+                x=[(a[0] + b[0]) / 2 for a, b in ends],
+                y=[(a[1] + b[1]) / 2 for a, b in ends],
+                mode="markers",
+                name="edges",
+                marker={
+                    "size": 6,
+                    "symbol": "diamond",
+                    "color": [EDGE_COLOURS[e.kind] for e in graph.edges],
+                    "opacity": 0.6,
+                },
+                customdata=[
+                    [i, graph.nodes[e.src].layer, graph.nodes[e.src].pos, "edge", e.kind, e.importance]
+                    for i, e in enumerate(graph.edges)
+                ],
                 hovertemplate="%{customdata[4]} edge, importance %{customdata[5]:.3f}<extra></extra>",
             )
         )
@@ -65,7 +82,10 @@ def flow_figure(graph: FlowGraph, token_labels: Sequence[str] | None = None) -> 
         xy = [_xy(v, graph.attn_only) for _, v in picked]
         fig.add_trace(
             go.Scatter(
-                x=[p[0] for p in xy], y=[p[1] for p in xy], mode="markers", name=kind,
+                x=[p[0] for p in xy],
+                y=[p[1] for p in xy],
+                mode="markers",
+                name=kind,
                 marker={"size": 9 if kind.startswith("resid") else 7, "color": NODE_COLOURS[kind]},
                 customdata=[[i, v.layer, v.pos, v.kind] for i, v in picked],
                 hovertemplate="%{customdata[3]} layer %{customdata[1]} pos %{customdata[2]}<extra></extra>",
@@ -75,10 +95,18 @@ def flow_figure(graph: FlowGraph, token_labels: Sequence[str] | None = None) -> 
     labels = list(token_labels) if token_labels is not None else [str(i) for i in range(n_pos)]
     fig.update_layout(
         title=f"information flow into position {graph.target_pos} (tau={graph.tau})",
-        xaxis={"tickmode": "array", "tickvals": list(range(len(labels))),
-               "ticktext": [f"{i}: {t}" for i, t in enumerate(labels)], "title": "token"},
-        yaxis={"tickmode": "array", "tickvals": list(range(graph.n_layers + 1)),
-               "ticktext": [f"L{l}" for l in range(graph.n_layers)] + ["final"], "title": "layer"},
+        xaxis={
+            "tickmode": "array",
+            "tickvals": list(range(len(labels))),
+            "ticktext": [f"{i}: {t}" for i, t in enumerate(labels)],
+            "title": "token",
+        },
+        yaxis={
+            "tickmode": "array",
+            "tickvals": list(range(graph.n_layers + 1)),
+            "ticktext": [f"L{l}" for l in range(graph.n_layers)] + ["final"],
+            "title": "layer",
+        },
         clickmode="event+select",
     )
     return fig

@@ -124,10 +124,13 @@ def information_flow(
         attn = model.blocks[layer].attn
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0]
         vo = einops.einsum(
-            cache[f"blocks.{layer}.attn.hook_v"][0], attn.W_O,
+            cache[f"blocks.{layer}.attn.hook_v"][0],
+            attn.W_O,
             "key_pos n_heads d_head, n_heads d_head d_model -> key_pos n_heads d_model",
         )
-        sources = einops.einsum(pattern, vo, "n_heads query_pos key_pos, key_pos n_heads d_model -> query_pos key_pos d_model")
+        sources = einops.einsum(
+            pattern, vo, "n_heads query_pos key_pos, key_pos n_heads d_model -> query_pos key_pos d_model"
+        )
         y = cache[f"blocks.{layer}.hook_{'resid_post' if attn_only else 'resid_mid'}"][0]
         resid = cache[f"blocks.{layer}.hook_resid_pre"][0]
         prox = torch.cat(
@@ -152,7 +155,9 @@ def information_flow(
         attn = model.blocks[layer].attn
         a = cache[f"blocks.{layer}.attn.hook_pattern"][0][:, i, j].T  # edge n_heads
         v = cache[f"blocks.{layer}.attn.hook_v"][0][j]  # edge n_heads d_head
-        parts = a[..., None] * einops.einsum(v, attn.W_O, "edge n_heads d_head, n_heads d_head d_model -> edge n_heads d_model")
+        parts = a[..., None] * einops.einsum(
+            v, attn.W_O, "edge n_heads d_head, n_heads d_head d_model -> edge n_heads d_model"
+        )
         y = cache[f"blocks.{layer}.hook_{'resid_post' if attn_only else 'resid_mid'}"][0][i]
         split = (proximity(y[:, None], parts) / attn_denom[layer][i][:, None]).cpu()
         for k, edge in enumerate(e.tolist()):

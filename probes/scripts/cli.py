@@ -19,8 +19,8 @@ from typing import Any
 import plotly.graph_objects as go
 import torch
 
-from blocks.training.runs import Run, load_run
 from blocks.fast import keep_freed_memory
+from blocks.training.runs import Run, load_run
 from scratchnn.devices import pick_device
 
 
@@ -45,7 +45,9 @@ def check_out(out: str | Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"--out {str(out)!r} cannot be created ({err.strerror}); give a folder you can write") from None
+        raise ValueError(
+            f"--out {str(out)!r} cannot be created ({err.strerror}); give a folder you can write"
+        ) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise ValueError(f"--out {str(out)!r} is not writable; give a folder you can write")
     return path
@@ -56,7 +58,9 @@ def load(args: argparse.Namespace, tasks: Sequence[str] | None = None) -> Run:
     run = load_run(args.run, step=args.step, device=args.device)
     name = run.config["task"]["name"]
     if tasks is not None and name not in tasks:
-        raise WrongTaskError(f"{args.run} is a {name!r} run; this probe needs a run of task {' or '.join(map(repr, tasks))}")
+        raise WrongTaskError(
+            f"{args.run} is a {name!r} run; this probe needs a run of task {' or '.join(map(repr, tasks))}"
+        )
     return run
 
 

@@ -17,11 +17,11 @@ import argparse
 import plotly.graph_objects as go
 import torch
 
-from blocks.training.runs import Run
 from blocks.tasks.common import masked_mean, next_token_nll
-from probes.scripts import cli
+from blocks.training.runs import Run
 from probes.ablation import Ablation, head_ablation
 from probes.head_scores import THRESHOLD, head_scores, head_scores_figure, repeated_tokens
+from probes.scripts import cli
 
 MIN_LOSS_RISE = 1.0  # nats
 
@@ -47,13 +47,21 @@ def body(args: argparse.Namespace, run: Run) -> None:
     ind_layer, ind_head = divmod(int(ind.argmax()), model.cfg.n_heads)
     ind_layer += prev_layer + 1
 
-    all_ind = [(layer, h) for layer in range(prev_layer + 1, model.cfg.n_layers) for h in range(model.cfg.n_heads)
-               if scores["induction"][layer, h] > THRESHOLD] or [(ind_layer, ind_head)]
+    all_ind = [
+        (layer, h)
+        for layer in range(prev_layer + 1, model.cfg.n_layers)
+        for h in range(model.cfg.n_heads)
+        if scores["induction"][layer, h] > THRESHOLD
+    ] or [(ind_layer, ind_head)]
     clean = repeated_half_loss(run, tokens, n, [])
     ablate_ind = head_ablation(model, ind_layer, [ind_head])
-    ablate_all = [head_ablation(model, layer, [h for l2, h in all_ind if l2 == layer])
-                  for layer in sorted({layer for layer, _ in all_ind})]
-    all_prev = [h for h in range(model.cfg.n_heads) if scores["previous_token"][prev_layer, h] > THRESHOLD] or [prev_head]
+    ablate_all = [
+        head_ablation(model, layer, [h for l2, h in all_ind if l2 == layer])
+        for layer in sorted({layer for layer, _ in all_ind})
+    ]
+    all_prev = [h for h in range(model.cfg.n_heads) if scores["previous_token"][prev_layer, h] > THRESHOLD] or [
+        prev_head
+    ]
     ablate_prev = head_ablation(model, prev_layer, all_prev)
     no_ind = repeated_half_loss(run, tokens, n, [ablate_ind])
     no_all = repeated_half_loss(run, tokens, n, ablate_all)
@@ -62,25 +70,45 @@ def body(args: argparse.Namespace, run: Run) -> None:
     for label, ablation in (("best", head_ablation(model, prev_layer, [prev_head])), ("all", ablate_prev)):
         with model.hooks(fwd=[ablation.pair()]):
             without = head_scores(model, tokens, n)["induction"]
-        ind_without[label] = (float(without[ind_layer, ind_head]),
-                              float(torch.stack([without[layer, h] for layer, h in all_ind]).mean()))
+        ind_without[label] = (
+            float(without[ind_layer, ind_head]),
+            float(torch.stack([without[layer, h] for layer, h in all_ind]).mean()),
+        )
     ind_score_without_prev = ind_without["all"][1]
     prev_names = " ".join(f"L{prev_layer}H{h}" for h in all_prev)
 
     found = {
-        "previous_token_head": {"layer": prev_layer, "head": prev_head,
-                                "score": float(scores["previous_token"][prev_layer, prev_head])},
-        "induction_head": {"layer": ind_layer, "head": ind_head, "score": float(scores["induction"][ind_layer, ind_head])},
-        "induction_heads": [{"layer": layer, "head": h, "score": float(scores["induction"][layer, h])} for layer, h in all_ind],
-        "loss": {"clean": {"first_half": clean[0], "repeated_half": clean[1]},
-                 "induction_head_ablated": {"first_half": no_ind[0], "repeated_half": no_ind[1]},
-                 "induction_heads_ablated": {"first_half": no_all[0], "repeated_half": no_all[1]},
-                 "previous_token_head_ablated": {"first_half": no_prev[0], "repeated_half": no_prev[1]}},
-        "previous_token_heads": [{"layer": prev_layer, "head": h, "score": float(scores["previous_token"][prev_layer, h])}
-                                 for h in all_prev],
+        "previous_token_head": {
+            "layer": prev_layer,
+            "head": prev_head,
+            "score": float(scores["previous_token"][prev_layer, prev_head]),
+        },
+        "induction_head": {
+            "layer": ind_layer,
+            "head": ind_head,
+            "score": float(scores["induction"][ind_layer, ind_head]),
+        },
+        "induction_heads": [
+            {"layer": layer, "head": h, "score": float(scores["induction"][layer, h])} for layer, h in all_ind
+        ],
+        "loss": {
+            "clean": {"first_half": clean[0], "repeated_half": clean[1]},
+            "induction_head_ablated": {"first_half": no_ind[0], "repeated_half": no_ind[1]},
+            "induction_heads_ablated": {"first_half": no_all[0], "repeated_half": no_all[1]},
+            "previous_token_head_ablated": {"first_half": no_prev[0], "repeated_half": no_prev[1]},
+        },
+        "previous_token_heads": [
+            {"layer": prev_layer, "head": h, "score": float(scores["previous_token"][prev_layer, h])} for h in all_prev
+        ],
         # (best induction head's score, mean over the induction heads) with the best / all previous-token heads ablated
-        "induction_score_with_previous_token_head_ablated": {"best_head": ind_without["best"][0], "mean": ind_without["best"][1]},
-        "induction_score_with_previous_token_heads_ablated": {"best_head": ind_without["all"][0], "mean": ind_without["all"][1]},
+        "induction_score_with_previous_token_head_ablated": {
+            "best_head": ind_without["best"][0],
+            "mean": ind_without["best"][1],
+        },
+        "induction_score_with_previous_token_heads_ablated": {
+            "best_head": ind_without["all"][0],
+            "mean": ind_without["all"][1],
+        },
     }
     found["checks"] = {
         "previous_token_head_above_threshold": found["previous_token_head"]["score"] > THRESHOLD,
@@ -93,18 +121,23 @@ def body(args: argparse.Namespace, run: Run) -> None:
 
     print(f"run {run.path} at step {run.step}: [BOS] + r + r, n={n}, 64 prompts")
     cli.print_table(
-        [["previous-token head", f"L{prev_layer}H{prev_head}", found["previous_token_head"]["score"]],
-         ["induction head", f"L{ind_layer}H{ind_head}", found["induction_head"]["score"]],
-         [f"induction score, L{prev_layer}H{prev_head} ablated", f"L{ind_layer}H{ind_head}", ind_without["best"][0]],
-         [f"induction score, {prev_names} ablated", f"L{ind_layer}H{ind_head}", ind_without["all"][0]],
-         [f"mean induction score, {prev_names} ablated", "all induction heads", ind_without["all"][1]]],
+        [
+            ["previous-token head", f"L{prev_layer}H{prev_head}", found["previous_token_head"]["score"]],
+            ["induction head", f"L{ind_layer}H{ind_head}", found["induction_head"]["score"]],
+            [f"induction score, L{prev_layer}H{prev_head} ablated", f"L{ind_layer}H{ind_head}", ind_without["best"][0]],
+            [f"induction score, {prev_names} ablated", f"L{ind_layer}H{ind_head}", ind_without["all"][0]],
+            [f"mean induction score, {prev_names} ablated", "all induction heads", ind_without["all"][1]],
+        ],
         ["", "head", "score"],
     )
     print()
     cli.print_table(
-        [["clean", clean[0], clean[1]], [f"ablate L{ind_layer}H{ind_head}", no_ind[0], no_ind[1]],
-         ["ablate " + " ".join(f"L{layer}H{h}" for layer, h in all_ind), no_all[0], no_all[1]],
-         [f"ablate {prev_names}", no_prev[0], no_prev[1]]],
+        [
+            ["clean", clean[0], clean[1]],
+            [f"ablate L{ind_layer}H{ind_head}", no_ind[0], no_ind[1]],
+            ["ablate " + " ".join(f"L{layer}H{h}" for layer, h in all_ind), no_all[0], no_all[1]],
+            [f"ablate {prev_names}", no_prev[0], no_prev[1]],
+        ],
         ["loss", "first half", "repeated half"],
     )
     print()
@@ -112,10 +145,16 @@ def body(args: argparse.Namespace, run: Run) -> None:
         print(f"{'PASS' if ok else 'FAIL'}  {check.replace('_', ' ')}")
 
     cli.write_json(args.out, "induction", found)
-    cli.write_figure(args.out, "previous_token_scores", head_scores_figure(scores["previous_token"], "previous-token score"))
+    cli.write_figure(
+        args.out, "previous_token_scores", head_scores_figure(scores["previous_token"], "previous-token score")
+    )
     cli.write_figure(args.out, "induction_scores", head_scores_figure(scores["induction"], "induction score"))
-    bars = go.Figure(go.Bar(x=["clean", f"ablate L{ind_layer}H{ind_head}", "ablate all induction heads",
-                               f"ablate {prev_names}"], y=[clean[1], no_ind[1], no_all[1], no_prev[1]]))
+    bars = go.Figure(
+        go.Bar(
+            x=["clean", f"ablate L{ind_layer}H{ind_head}", "ablate all induction heads", f"ablate {prev_names}"],
+            y=[clean[1], no_ind[1], no_all[1], no_prev[1]],
+        )
+    )
     bars.update_layout(title="loss on the repeated half", yaxis_title="nats")
     cli.write_figure(args.out, "ablation_loss", bars)
 

@@ -15,7 +15,6 @@ import argparse
 import torch
 
 from blocks.training.runs import Run
-from probes.scripts import cli
 from probes.patching import (
     logit_diff_metric,
     patch_by_layer_pos,
@@ -24,6 +23,7 @@ from probes.patching import (
     patch_heads_by_pos,
     patching_figure,
 )
+from probes.scripts import cli
 
 
 def prompts(args: argparse.Namespace, run: Run) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,14 +33,21 @@ def prompts(args: argparse.Namespace, run: Run) -> tuple[torch.Tensor, torch.Ten
         clean, corrupted = run.tokenizer.encode(args.clean), run.tokenizer.encode(args.corrupted)
         for flag, ids in (("--clean", clean), ("--corrupted", corrupted)):
             if not ids:
-                raise ValueError(f"{flag} is empty; give a prompt of at least one token, e.g. {run.tokenizer.decode(run.task.example(0))!r}")
+                raise ValueError(
+                    f"{flag} is empty; give a prompt of at least one token, e.g. {run.tokenizer.decode(run.task.example(0))!r}"
+                )
     else:
         clean = run.task.example(args.seed)
-        corrupted = next(c for s in range(args.seed + 1, args.seed + 100)
-                         if len(c := run.task.example(s)) == len(clean) and c != clean)
+        corrupted = next(
+            c
+            for s in range(args.seed + 1, args.seed + 100)
+            if len(c := run.task.example(s)) == len(clean) and c != clean
+        )
     if len(clean) != len(corrupted):
-        raise ValueError(f"the clean prompt has {len(clean)} tokens but the corrupted one {len(corrupted)}; "
-                         "patching compares position by position, so they must be the same length")
+        raise ValueError(
+            f"the clean prompt has {len(clean)} tokens but the corrupted one {len(corrupted)}; "
+            "patching compares position by position, so they must be the same length"
+        )
     return torch.tensor([clean], device=args.device), torch.tensor([corrupted], device=args.device)
 
 
@@ -57,8 +64,10 @@ def body(args: argparse.Namespace, run: Run) -> None:
     answer = token_id(run, args.answer) if args.answer else int(model(clean)[0, -1].argmax())
     wrong = token_id(run, args.wrong) if args.wrong else int(model(corrupted)[0, -1].argmax())
     if answer == wrong:
-        raise ValueError(f"the answer and the wrong token are both {run.tokenizer.decode([answer])!r}; "
-                         "pick prompts the model answers differently, or give --answer and --wrong")
+        raise ValueError(
+            f"the answer and the wrong token are both {run.tokenizer.decode([answer])!r}; "
+            "pick prompts the model answers differently, or give --answer and --wrong"
+        )
     metric = logit_diff_metric(answer, wrong)
     labels = run.tokenizer.token_strs(clean[0])
     kinds = ["resid_pre", "attn_out"] + ([] if model.cfg.attn_only else ["mlp_out"])
@@ -70,7 +79,9 @@ def body(args: argparse.Namespace, run: Run) -> None:
     some = results["resid_pre"]
     print(f"clean:     {run.tokenizer.decode(clean[0])}")
     print(f"corrupted: {run.tokenizer.decode(corrupted[0])}")
-    print(f"metric: logit[{run.tokenizer.decode([answer])}] - logit[{run.tokenizer.decode([wrong])}] at the last position")
+    print(
+        f"metric: logit[{run.tokenizer.decode([answer])}] - logit[{run.tokenizer.decode([wrong])}] at the last position"
+    )
     print(f"clean {some.clean:.3f}, corrupted {some.corrupted:.3f}\n")
     rows = []
     for name, r in results.items():
@@ -80,11 +91,21 @@ def body(args: argparse.Namespace, run: Run) -> None:
         rows.append([name, ", ".join(f"{a}={i}" for a, i in zip(r.axes, where)), float(norm.flatten()[flat])])
     cli.print_table(rows, ["patched", "strongest cell", "restored (0 corrupted, 1 clean)"])
 
-    cli.write_json(args.out, "patching", {
-        "clean": run.tokenizer.decode(clean[0]), "corrupted": run.tokenizer.decode(corrupted[0]),
-        "answer": answer, "wrong": wrong, "clean_metric": some.clean, "corrupted_metric": some.corrupted,
-        "results": {k: {"axes": r.axes, "values": r.values, "normalized": r.normalized()} for k, r in results.items()},
-    })
+    cli.write_json(
+        args.out,
+        "patching",
+        {
+            "clean": run.tokenizer.decode(clean[0]),
+            "corrupted": run.tokenizer.decode(corrupted[0]),
+            "answer": answer,
+            "wrong": wrong,
+            "clean_metric": some.clean,
+            "corrupted_metric": some.corrupted,
+            "results": {
+                k: {"axes": r.axes, "values": r.values, "normalized": r.normalized()} for k, r in results.items()
+            },
+        },
+    )
     for name, r in results.items():
         cli.write_figure(args.out, f"patching_{name}", patching_figure(r, labels if "pos" in r.axes else None))
 

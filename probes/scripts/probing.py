@@ -24,10 +24,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from blocks.training.runs import Run
 from blocks.tasks.common import dataset_tensors
-from probes.scripts import cli
+from blocks.training.runs import Run
 from probes.probing import IGNORE, probe_figure, probe_layers, random_model_like
+from probes.scripts import cli
 
 
 def _vowel(run: Run, tokens: Tensor) -> Tensor:
@@ -85,19 +85,39 @@ def body(args: argparse.Namespace, run: Run) -> None:
     tokens = tokens[: args.rows]
     labels = features[feature](run, tokens)
     trained = probe_layers(run.model, tokens.to(args.device), labels, seed=args.seed)
-    random = probe_layers(random_model_like(run.model, seed=args.seed + 1), tokens.to(args.device), labels, seed=args.seed)
-    print(f"feature {feature!r} on {int((labels != IGNORE).sum())} positions of {tokens.shape[0]} test rows "
-          f"(chance {trained.chance:.3f})")
+    random = probe_layers(
+        random_model_like(run.model, seed=args.seed + 1), tokens.to(args.device), labels, seed=args.seed
+    )
+    print(
+        f"feature {feature!r} on {int((labels != IGNORE).sum())} positions of {tokens.shape[0]} test rows "
+        f"(chance {trained.chance:.3f})"
+    )
     cli.print_table(
-        [[lab, float(t), float(c), float(s), float(r)] for lab, t, c, s, r in zip(
-            trained.labels, trained.task_accuracy, trained.control_accuracy, trained.selectivity, random.task_accuracy)],
+        [
+            [lab, float(t), float(c), float(s), float(r)]
+            for lab, t, c, s, r in zip(
+                trained.labels,
+                trained.task_accuracy,
+                trained.control_accuracy,
+                trained.selectivity,
+                random.task_accuracy,
+            )
+        ],
         ["stream", "task acc", "control acc", "selectivity", "random-model acc"],
     )
-    cli.write_json(args.out, f"probe_{feature}", {
-        "feature": feature, "streams": trained.labels, "task_accuracy": trained.task_accuracy,
-        "control_accuracy": trained.control_accuracy, "selectivity": trained.selectivity,
-        "random_model_task_accuracy": random.task_accuracy, "chance": trained.chance,
-    })
+    cli.write_json(
+        args.out,
+        f"probe_{feature}",
+        {
+            "feature": feature,
+            "streams": trained.labels,
+            "task_accuracy": trained.task_accuracy,
+            "control_accuracy": trained.control_accuracy,
+            "selectivity": trained.selectivity,
+            "random_model_task_accuracy": random.task_accuracy,
+            "chance": trained.chance,
+        },
+    )
     cli.write_figure(args.out, f"probe_{feature}", probe_figure(trained, random, f"linear probe: {feature}"))
 
 

@@ -78,8 +78,11 @@ def program(name: str) -> Iterator[None]:
 def app(rest: list[str]) -> int:
     """Serve the Streamlit app on 127.0.0.1 (`--port N`, default 8501; other options go to the app: `--runs DIR`)."""
     if not APP.is_file():
-        print(f"error: the app ({APP}) is not here; `sandbox app` runs from a checkout of the repository "
-              "(pip install -e .)", file=sys.stderr)
+        print(
+            f"error: the app ({APP}) is not here; `sandbox app` runs from a checkout of the repository "
+            "(pip install -e .)",
+            file=sys.stderr,
+        )
         return 2
     port = "8501"
     if "--port" in rest:
@@ -89,8 +92,19 @@ def app(rest: list[str]) -> int:
             return 2
         port = rest[i + 1]
         del rest[i : i + 2]
-    command = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", "127.0.0.1",
-               "--server.port", port, "--", *rest]
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP),
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        port,
+        "--",
+        *rest,
+    ]
     return subprocess.call(command, cwd=os.getcwd())
 
 

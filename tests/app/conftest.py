@@ -15,18 +15,28 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from blocks import Transformer, TransformerConfig
+from blocks.tasks import get_task
+from blocks.tasks.common import dataset_tensors, next_token_nll
+from blocks.tasks.induction import BOS, InductionTask
 from blocks.weights import save_tensors
 from probes.head_scores import head_scores, repeated_tokens, score_batch
-from blocks.tasks.common import dataset_tensors, next_token_nll
-from blocks.tasks import get_task
-from blocks.tasks.induction import BOS, InductionTask
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # views/ sits beside app.py, outside the installed packages
 
 from app_server import APP  # noqa: E402  (a module name no other tests folder has, unlike conftest)
-TASK_OPTIONS = {"seed": 0, "n_symbols": 10, "seq_len": 24, "min_repeat": 3, "max_repeat": 8,
-                "n_train": 64, "n_test": 16, "eval_n": 6, "loss_on": "all"}
+
+TASK_OPTIONS = {
+    "seed": 0,
+    "n_symbols": 10,
+    "seq_len": 24,
+    "min_repeat": 3,
+    "max_repeat": 8,
+    "n_train": 64,
+    "n_test": 16,
+    "eval_n": 6,
+    "loss_on": "all",
+}
 STEPS = (0, 4, 8)
 
 
@@ -40,8 +50,15 @@ MODADD_OPTIONS = {"seed": 0, "p": 7, "frac_train": 0.5}
 def make_run(path: Path, attn_only: bool, seed: int = 0) -> Path:
     """An induction run at `path` with checkpoints at STEPS, metrics lines with eval numbers and head scores."""
     task = InductionTask(**TASK_OPTIONS)
-    cfg = TransformerConfig(n_layers=2, d_model=16, n_heads=2, d_vocab=task.tokenizer.d_vocab, n_ctx=24,
-                            d_mlp=None if attn_only else 32, attn_only=attn_only)
+    cfg = TransformerConfig(
+        n_layers=2,
+        d_model=16,
+        n_heads=2,
+        d_vocab=task.tokenizer.d_vocab,
+        n_ctx=24,
+        d_mlp=None if attn_only else 32,
+        attn_only=attn_only,
+    )
     n = TASK_OPTIONS["eval_n"]
     return write_run(path, "induction", TASK_OPTIONS, cfg, seed, (repeated_tokens(n, 8, 1, 11, BOS, seed=1), n))
 
@@ -56,8 +73,9 @@ def make_task_run(path: Path, name: str, options: dict, seed: int = 0, **model: 
     return write_run(path, name, options, cfg, seed, score_batch(task.tokenizer.vocab, cfg.n_ctx, seed=99))
 
 
-def write_run(path: Path, name: str, options: dict, cfg: TransformerConfig, seed: int,
-              score: tuple[torch.Tensor, int] | None) -> Path:
+def write_run(
+    path: Path, name: str, options: dict, cfg: TransformerConfig, seed: int, score: tuple[torch.Tensor, int] | None
+) -> Path:
     """Train a few steps on the task's masked next-token loss, saving checkpoints at STEPS, as the trainer lays them out."""
     task = get_task(name, **options)
     torch.manual_seed(seed)
@@ -81,8 +99,12 @@ def write_run(path: Path, name: str, options: dict, cfg: TransformerConfig, seed
         loss.backward()
         opt.step()
         lines.append({"step": step + 1, "train_loss": float(loss.detach()), "lr": 3e-3})
-    config = {"model": cfg.to_dict(), "task": {"name": name, "options": options},
-              "train": {"steps": STEPS[-1], "lr": 3e-3}, "tokenizer": task.tokenizer.to_dict()}
+    config = {
+        "model": cfg.to_dict(),
+        "task": {"name": name, "options": options},
+        "train": {"steps": STEPS[-1], "lr": 3e-3},
+        "tokenizer": task.tokenizer.to_dict(),
+    }
     (path / "config.json").write_text(json.dumps(config, indent=2))
     (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
@@ -96,8 +118,18 @@ def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (attn / "checkpoints" / "step_000006.safetensors").write_bytes(b"not a safetensors file")
     make_run(root / "mlp", attn_only=False, seed=1)
     make_task_run(root / "sycophancy", "sycophancy", SYCOPHANCY_OPTIONS, n_layers=2, d_model=16, n_heads=4, d_mlp=32)
-    make_task_run(root / "modadd", "modular_addition", MODADD_OPTIONS, seed=1, n_layers=1, d_model=16, n_heads=4,
-                  d_mlp=32, act_fn="relu", normalization=None)
+    make_task_run(
+        root / "modadd",
+        "modular_addition",
+        MODADD_OPTIONS,
+        seed=1,
+        n_layers=1,
+        d_model=16,
+        n_heads=4,
+        d_mlp=32,
+        act_fn="relu",
+        normalization=None,
+    )
     return root
 
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import shutil
 import threading
-from pathlib import Path
 
 import pytest
 import torch
 from app_server import APP
 from streamlit.testing.v1 import AppTest
 
-from blocks.training.runs import load_run
 from blocks.tasks.common import next_token_nll
+from blocks.training.runs import load_run
 from probes.ablation import head_ablation, run_ablated
 from views.paths import RunPathError, list_runs, resolve_run
 

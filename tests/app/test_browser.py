@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from app_server import CHROMIUM, CHROMIUM_ARGS, serve
 from playwright.sync_api import sync_playwright
+
+pytestmark = pytest.mark.slow  # a real browser against a served app
 
 
 def test_click_a_flow_node_shows_its_heads(runs_dir: Path, tmp_path: Path):

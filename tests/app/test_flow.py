@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from blocks.training.runs import load_run
-from probes.information_flow import head_importance_map
-from probes.information_flow import information_flow
+from probes.information_flow import head_importance_map, information_flow
 
 
 def test_flow_breakdown_matches_probes(app, runs_dir):
@@ -39,6 +38,7 @@ def test_flow_breakdown_matches_probes(app, runs_dir):
     expected = head_importance_map(run.model, cache, layer, h)
     shown = at.get("plotly_chart")[-1]
     import json
+
     z = json.loads(shown.proto.spec)["data"][0]["z"]
     torch.testing.assert_close(torch.tensor(z), expected, atol=1e-5, rtol=1e-4)
 
@@ -60,8 +60,12 @@ def test_picking_an_attention_edge_shows_only_its_heads(app, runs_dir):
     graph = information_flow(run.model, torch.tensor([run.tokenizer.encode(prompt)]), target_pos=12, tau=0.04)
     i, edge = next((i, e) for i, e in enumerate(graph.edges) if e.kind == "attn")
     ends = [graph.nodes[edge.src], graph.nodes[edge.dst]]
-    at = app("flow", run="attn", prompt=prompt,
-             flow_pick={"edge": [{"layer": v.layer, "pos": v.pos, "kind": v.kind} for v in ends]})
+    at = app(
+        "flow",
+        run="attn",
+        prompt=prompt,
+        flow_pick={"edge": [{"layer": v.layer, "pos": v.pos, "kind": v.kind} for v in ends]},
+    )
     assert not at.exception, at.exception
     assert f"importance {edge.importance:.3f}" in at.subheader[-1].value
     (row,) = at.dataframe[0].value.to_dict("records")

@@ -6,14 +6,13 @@ import json
 
 import torch
 
-from blocks.training.runs import load_run
-from probes.head_scores import head_scores
 from blocks.tasks.common import dataset_tensors, next_token_nll
+from blocks.training.runs import load_run
 from probes.ablation import head_ablation, neuron_ablation, run_ablated
-from probes.patching import logit_diff_metric, patch_heads
 from probes.circuits import copying_score, ov_circuit
+from probes.head_scores import head_scores, score_batch
 from probes.logit_lens import direct_logit_attribution, logit_lens
-from probes.head_scores import score_batch
+from probes.patching import logit_diff_metric, patch_heads
 
 PROMPT = "BOS 1 2 3 4 5 6 1 2 3 4 5 6"
 
@@ -87,8 +86,11 @@ def test_ablation_changes_prediction_and_loss(app, runs_dir):
     at.multiselect(key="ablate_neurons").select("L0N3")
     at.run()
     assert not at.exception, at.exception
-    logits = run_ablated(run.model, tokens, [head_ablation(run.model, 0, [1]), neuron_ablation(run.model, 0, [3]),
-                                              head_ablation(run.model, 1, [0])])
+    logits = run_ablated(
+        run.model,
+        tokens,
+        [head_ablation(run.model, 0, [1]), neuron_ablation(run.model, 0, [3]), head_ablation(run.model, 1, [0])],
+    )
     ablated = next_token_nll(logits, tokens).mean()
     assert at.metric[2].value == f"{float(ablated):.4f}"
     assert at.metric[2].delta == f"{float(ablated - clean):+.4f}"
@@ -96,9 +98,15 @@ def test_ablation_changes_prediction_and_loss(app, runs_dir):
 
     at.radio(key="ablate_mode").set_value("mean").run()
     ref = dataset_tensors(run.task.dataset("test"))[0][:64]
-    logits = run_ablated(run.model, tokens, [head_ablation(run.model, 0, [1], "mean", ref),
-                                              neuron_ablation(run.model, 0, [3], "mean", ref),
-                                              head_ablation(run.model, 1, [0], "mean", ref)])
+    logits = run_ablated(
+        run.model,
+        tokens,
+        [
+            head_ablation(run.model, 0, [1], "mean", ref),
+            neuron_ablation(run.model, 0, [3], "mean", ref),
+            head_ablation(run.model, 1, [0], "mean", ref),
+        ],
+    )
     assert at.metric[2].value == f"{float(next_token_nll(logits, tokens).mean()):.4f}"
 
 

@@ -44,7 +44,9 @@ def test_head_results_plus_b_O_sum_to_attn_out() -> None:
     assert stack.labels == ["L0H0", "L0H1", "L1H0", "L1H1"]
     for layer in range(2):
         heads = stack.values[2 * layer : 2 * layer + 2].sum(0)
-        torch.testing.assert_close(heads + model.blocks[layer].attn.b_O, cache[f"blocks.{layer}.hook_attn_out"], **CLOSE)
+        torch.testing.assert_close(
+            heads + model.blocks[layer].attn.b_O, cache[f"blocks.{layer}.hook_attn_out"], **CLOSE
+        )
 
 
 def test_apply_ln_to_stack_reproduces_the_final_layernorm() -> None:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformer_helpers import CONFIGS, make_model
 
 from blocks.interop import is_earlier_layout, to_transformer_lens, upgrade_state_dict
 from blocks.training import load_run
 from blocks.training.cli import main as train
 from blocks.weights import load_tensors
-from transformer_helpers import CONFIGS, make_model
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -38,7 +38,9 @@ def test_a_run_saved_in_the_earlier_layout_loads_with_its_logits(earlier_run: Pa
         torch.testing.assert_close(run.model(expected["tokens"]), expected["logits"], atol=1e-5, rtol=1e-5)
 
 
-def test_resuming_an_earlier_run_is_refused_and_changes_nothing(earlier_run: Path, capsys: pytest.CaptureFixture) -> None:
+def test_resuming_an_earlier_run_is_refused_and_changes_nothing(
+    earlier_run: Path, capsys: pytest.CaptureFixture
+) -> None:
     before = {p.name: p.read_bytes() for p in earlier_run.rglob("*") if p.is_file()}
     assert train(["--resume", "--out", str(earlier_run), "--steps", "5", "--no-progress"]) == 2
     err = capsys.readouterr().err
@@ -49,7 +51,10 @@ def test_resuming_an_earlier_run_is_refused_and_changes_nothing(earlier_run: Pat
 @pytest.mark.parametrize("config", CONFIGS)
 def test_upgrading_the_earlier_layout_gives_the_parameters_back_exactly(config: str) -> None:
     model = make_model(**CONFIGS[config])
-    renamed = {"embed.W_E": "embed.weight", "pos_embed.W_pos": "pos_embed.weight"}  # TransformerLens's names -> earlier ones
+    renamed = {
+        "embed.W_E": "embed.weight",
+        "pos_embed.W_pos": "pos_embed.weight",
+    }  # TransformerLens's names -> earlier ones
     earlier = {}
     for key, value in to_transformer_lens(model).items():
         if key.endswith(("attn.mask", "attn.IGNORE")):

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from transformer_helpers import CONFIGS, make_model, tokens_for
 
 import blocks.fast
 import blocks.fast.attention
 import blocks.fast.linear
 from scratchnn import backend
 from scratchnn.backend import reference_only
-from transformer_helpers import CONFIGS, make_model, tokens_for
 
 REPO = Path(__file__).resolve().parents[2]
 COSTLY = ("hook_attn_scores", "hook_pattern", "hook_result")
@@ -88,17 +88,29 @@ def test_each_fast_function_runs_where_it_applies(monkeypatch: pytest.MonkeyPatc
     tokens = tokens_for(model)
     calls: dict[str, int] = {}
     for name, fn in list(backend._REGISTERED.items()):
-        monkeypatch.setitem(backend._REGISTERED, name, lambda *a, _n=name, _f=fn: calls.update({_n: calls.get(_n, 0) + 1}) or _f(*a))
+        monkeypatch.setitem(
+            backend._REGISTERED, name, lambda *a, _n=name, _f=fn: calls.update({_n: calls.get(_n, 0) + 1}) or _f(*a)
+        )
     layers = model.cfg.n_layers
     with torch.no_grad():
         model(tokens)
     # per layer: query, key, value, output and linear_out; the unembedding; linear_in with its GELU inside
-    assert calls == {"linear": 5 * layers + 1, "linear_activation": layers, "layer_norm": 2 * layers + 1, "causal_attention": layers}
+    assert calls == {
+        "linear": 5 * layers + 1,
+        "linear_activation": layers,
+        "layer_norm": 2 * layers + 1,
+        "causal_attention": layers,
+    }
     calls.clear()
     model.run_with_cache(tokens, names=["blocks.1.attn.hook_pattern", "blocks.0.mlp.hook_pre", "ln_final.hook_scale"])
     # layer 1's attention, layer 0's linear_in and the final LayerNorm run their own code: someone reads what they skip
-    assert calls == {"linear": 5 * layers + 1 + 1, "gelu": 1, "linear_activation": layers - 1, "layer_norm": 2 * layers,
-                     "causal_attention": layers - 1}
+    assert calls == {
+        "linear": 5 * layers + 1 + 1,
+        "gelu": 1,
+        "linear_activation": layers - 1,
+        "layer_norm": 2 * layers,
+        "causal_attention": layers - 1,
+    }
 
 
 def test_the_switch_holds_for_its_block_and_its_thread_only() -> None:
@@ -120,8 +132,9 @@ def test_the_switch_holds_for_its_block_and_its_thread_only() -> None:
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
     import os
 
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300,
-                          env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, **env}
+    )
 
 
 def test_SANDBOX_FAST_0_runs_only_the_reference_code_for_the_whole_process() -> None:

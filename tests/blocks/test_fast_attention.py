@@ -15,6 +15,7 @@ from blocks.fast import build as kernel_library
 
 BUILDS_HERE = kernel_library.unsupported() is None and shutil.which("g++") is not None
 needs_build = pytest.mark.skipif(not BUILDS_HERE, reason=f"no build here: {kernel_library.unsupported() or 'no g++'}")
+builds = pytest.mark.slow  # compiles the kernel afresh into a temporary cache
 needs_kernel = pytest.mark.skipif(ak.kernel_status() is not None, reason=f"kernel unavailable: {ak.kernel_status()}")
 
 # batch, pos, n_heads, d_head: one position; remainders of the 8-row and 16-key blocks; d_head 16 to 128
@@ -71,7 +72,9 @@ def test_the_kernel_runs_and_takes_any_strides_of_the_last_axis_contiguous(monke
 @needs_kernel
 def test_scores_far_apart_and_a_nan_query_behave_as_in_the_explicit_attention() -> None:
     """Score gaps past 87 (where the kernel's exp clamps) give the same weights; a NaN query spoils its row only."""
-    qkv = packed_qkv((2, 40, 2, 32)) * torch.tensor([12.0, 12.0, 1.0]).view(1, 1, 3, 1, 1)  # scores spread over hundreds
+    qkv = packed_qkv((2, 40, 2, 32)) * torch.tensor([12.0, 12.0, 1.0]).view(
+        1, 1, 3, 1, 1
+    )  # scores spread over hundreds
     qkv[1, 17, 0, 1, 3] = float("nan")
     reference = explicit(*qkv.double().unbind(2)).float()
     scores = masked_scores(qkv[:, :, 0].double(), qkv[:, :, 1].double())
@@ -86,9 +89,13 @@ def test_scores_far_apart_and_a_nan_query_behave_as_in_the_explicit_attention() 
 
 
 @needs_kernel
-def test_without_gradients_the_kernel_skips_the_log_sum_exp_and_gives_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_gradients_the_kernel_skips_the_log_sum_exp_and_gives_the_same_bits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     lse_asked, original = [], ak._forward
-    monkeypatch.setattr(ak, "_forward", lambda *a, **kw: lse_asked.append(kw.get("with_lse", True)) or original(*a, **kw))
+    monkeypatch.setattr(
+        ak, "_forward", lambda *a, **kw: lse_asked.append(kw.get("with_lse", True)) or original(*a, **kw)
+    )
     qkv = packed_qkv((3, 37, 2, 32))
     with torch.no_grad():
         plain = ak.causal_attention(*qkv.unbind(2))
@@ -129,7 +136,10 @@ def test_one_thread_and_two_give_the_same_bits(torch_threads) -> None:
 )
 def test_sdpa_is_used_where_the_kernel_does_not_apply(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ak, "_forward", lambda *a, **kw: pytest.fail("the kernel ran"))
-    shape = {"d_head not a multiple of 16": (2, 9, 2, 8), "too long for the backward": (1, ak.MAX_POS_WITH_GRAD + 1, 1, 16)}
+    shape = {
+        "d_head not a multiple of 16": (2, 9, 2, 8),
+        "too long for the backward": (1, ak.MAX_POS_WITH_GRAD + 1, 1, 16),
+    }
     qkv = packed_qkv(shape.get(case, (2, 9, 2, 16)))
     if case == "float64":
         qkv = qkv.double()
@@ -174,6 +184,7 @@ def test_without_a_working_compiler_it_says_why_and_uses_sdpa(compiler: str, fre
     assert compiler in status
 
 
+@builds
 @needs_build
 def test_a_build_is_cached_per_source_and_reused(fresh_kernel_state) -> None:
     first = kernel_library.build()
@@ -196,6 +207,7 @@ def test_threads_calling_at_once_each_get_their_own_answer(torch_threads) -> Non
                 torch.testing.assert_close(g, want, atol=2e-6, rtol=1e-5)
 
 
+@builds
 @needs_build
 def test_a_library_in_a_folder_others_can_write_is_never_loaded(fresh_kernel_state, monkeypatch) -> None:
     """Anyone who can write the cache folder could plant code there: such a folder is skipped, also for the build."""
@@ -212,6 +224,7 @@ def test_a_library_in_a_folder_others_can_write_is_never_loaded(fresh_kernel_sta
     kernel_library._declare(ctypes.CDLL(str(built)))  # a real library
 
 
+@builds
 @needs_build
 def test_an_unusable_cache_home_falls_back_to_the_temp_folder(fresh_kernel_state, monkeypatch) -> None:
     monkeypatch.delenv("BLOCKS_KERNEL_CACHE")

@@ -60,7 +60,9 @@ def test_oneDNN_runs_for_float32_cpu_and_addmm_elsewhere(monkeypatch: pytest.Mon
     with torch.no_grad():
         linear(x, w, b)
         assert calls == [(24, 16)]
-        torch.testing.assert_close(linear(x.double(), w.double(), b.double()), reference(x.double(), w.double(), b.double()))
+        torch.testing.assert_close(
+            linear(x.double(), w.double(), b.double()), reference(x.double(), w.double(), b.double())
+        )
         wide = torch.randn(48, 16)
         torch.testing.assert_close(linear(x, wide[::2], b), reference(x, wide[::2], b))  # a strided weight: addmm
         with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -4,17 +4,19 @@ import threading
 
 import pytest
 import torch
+from transformer_helpers import make_model, tokens_for
 
 from blocks import Transformer
 from scratchnn import HookPoint
 from scratchnn.hooks import _ACTIVE
-from transformer_helpers import make_model, tokens_for
 
 
 def no_hooks_left(model: Transformer) -> bool:
     point = model.hook_points()["blocks.0.hook_resid_pre"]
-    return _ACTIVE.get() is None and not point.is_listened() and not any(
-        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules()
+    return (
+        _ACTIVE.get() is None
+        and not point.is_listened()
+        and not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules())
     )
 
 
@@ -149,6 +151,7 @@ def test_patching_through_returned_tensors() -> None:
     with model.hooks(fwd=patch):
         patched = model(corrupt)
     torch.testing.assert_close(patched, clean_logits, atol=1e-6, rtol=1e-6)
+
     # zero-ablating head 1 of layer 0 removes exactly its result from attn_out
     def ablate(z: torch.Tensor, hook: HookPoint) -> torch.Tensor:
         z = z.clone()
@@ -164,7 +167,10 @@ def test_patching_through_returned_tensors() -> None:
 def test_filters_and_nested_scopes() -> None:
     model = make_model()
     tokens = tokens_for(model)
-    assert model.resolve(lambda n: n.endswith("hook_pattern")) == ["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern"]
+    assert model.resolve(lambda n: n.endswith("hook_pattern")) == [
+        "blocks.0.attn.hook_pattern",
+        "blocks.1.attn.hook_pattern",
+    ]
     order = []
     with model.hooks(fwd=[(lambda n: n == "hook_embed", lambda a, h: order.append("outer"))]):
         with model.hooks(fwd=[("hook_embed", lambda a, h: order.append("inner"))]):

@@ -9,15 +9,28 @@ import torch
 
 from blocks.training import load_run as load_run_from_package
 from blocks.training.checkpoints import checkpoint_files
-from blocks.training.runs import checkpoint_status, list_checkpoints, load_run, read_metrics
 from blocks.training.cli import build
+from blocks.training.runs import checkpoint_status, list_checkpoints, load_run, read_metrics
 from blocks.training.trainer import Trainer
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt"
 TINY = {
-    "n_symbols": 8, "seq_len": 16, "min_repeat": 2, "max_repeat": 6, "eval_n": 4, "n_train": 64, "n_test": 8,
-    "d_model": 16, "n_heads": 2, "steps": 6, "batch_size": 8, "eval_every": 3, "log_every": 1,
-    "warmup_steps": 2, "n_checkpoints": 3, "device": "cpu",
+    "n_symbols": 8,
+    "seq_len": 16,
+    "min_repeat": 2,
+    "max_repeat": 6,
+    "eval_n": 4,
+    "n_train": 64,
+    "n_test": 8,
+    "d_model": 16,
+    "n_heads": 2,
+    "steps": 6,
+    "batch_size": 8,
+    "eval_every": 3,
+    "log_every": 1,
+    "warmup_steps": 2,
+    "n_checkpoints": 3,
+    "device": "cpu",
 }
 
 
@@ -92,8 +105,18 @@ def test_not_a_run_directory(tmp_path):
 def test_text_run_keeps_its_tokenizer_and_refuses_a_changed_text_on_resume(tmp_path):
     text = tmp_path / "corpus.txt"
     text.write_text(SHAKESPEARE.read_text()[:3000])
-    options = {"source": str(text), "seq_len": 16, "d_model": 16, "n_heads": 2, "n_layers": 1, "steps": 2,
-               "batch_size": 4, "eval_every": 2, "warmup_steps": 1, "device": "cpu"}
+    options = {
+        "source": str(text),
+        "seq_len": 16,
+        "d_model": 16,
+        "n_heads": 2,
+        "n_layers": 1,
+        "steps": 2,
+        "batch_size": 4,
+        "eval_every": 2,
+        "warmup_steps": 1,
+        "device": "cpu",
+    }
     task, model_cfg, train_cfg = build("text", options)
     Trainer(task, model_cfg, train_cfg, tmp_path / "run", progress=False).run()
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["tokenizer"]

@@ -26,8 +26,18 @@ def test_unknown_task_and_option_list_the_valid_ones():
 
 @pytest.mark.parametrize("layout", ["periodic", "two_copies"])
 def test_induction_repeats_are_predictable_only_by_content(layout):
-    task = get_task("induction", n_symbols=20, seq_len=40, min_repeat=4, max_repeat=12, eval_n=8,
-                    n_train=64, n_test=8, loss_on="repeats", layout=layout)
+    task = get_task(
+        "induction",
+        n_symbols=20,
+        seq_len=40,
+        min_repeat=4,
+        max_repeat=12,
+        eval_n=8,
+        n_train=64,
+        n_test=8,
+        loss_on="repeats",
+        layout=layout,
+    )
     tokens, mask = dataset_tensors(task.dataset("train"))
     assert tokens.shape == (64, 40) and (tokens[:, 0] == 0).all() and tokens[:, 1:].min() >= 1
     distances = set()
@@ -112,7 +122,7 @@ def test_text_task_on_a_local_file(tmp_path):
 def test_text_task_bad_sources(tmp_path):
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(ValueError, match="empty"):
-        get_task("text", source=str(tmp_path / "empty.txt")).tokenizer
+        _ = get_task("text", source=str(tmp_path / "empty.txt")).tokenizer
     with pytest.raises(FileNotFoundError, match="no text file at .*missing.txt"):
         get_task("text", source=str(tmp_path / "missing.txt")).dataset("train")
     (tmp_path / "short.txt").write_text("abc")

@@ -10,16 +10,31 @@ import pytest
 import torch
 
 from blocks.training.checkpoints import checkpoint_files
-from blocks.training.runs import list_checkpoints, load_run, read_metrics
 from blocks.training.cli import build, main, parse_overrides
 from blocks.training.config import TrainConfig
+from blocks.training.runs import list_checkpoints, load_run, read_metrics
 from blocks.training.trainer import Trainer, TrainingDiverged, checkpoint_schedule, lr_at, pick_device
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {
-    "n_symbols": 8, "seq_len": 16, "min_repeat": 2, "max_repeat": 6, "eval_n": 4, "n_train": 96, "n_test": 8,
-    "d_model": 16, "n_heads": 2, "steps": 12, "batch_size": 8, "eval_every": 4, "log_every": 1,
-    "warmup_steps": 3, "n_checkpoints": 4, "device": "cpu", "seed": 1, "lr": 1e-3,
+    "n_symbols": 8,
+    "seq_len": 16,
+    "min_repeat": 2,
+    "max_repeat": 6,
+    "eval_n": 4,
+    "n_train": 96,
+    "n_test": 8,
+    "d_model": 16,
+    "n_heads": 2,
+    "steps": 12,
+    "batch_size": 8,
+    "eval_every": 4,
+    "log_every": 1,
+    "warmup_steps": 3,
+    "n_checkpoints": 4,
+    "device": "cpu",
+    "seed": 1,
+    "lr": 1e-3,
 }
 
 
@@ -36,6 +51,7 @@ def interrupt_at_forward(n):
         calls["n"] += 1
         if calls["n"] == n:
             raise KeyboardInterrupt
+
     return hook
 
 
@@ -101,7 +117,11 @@ def test_corrupt_latest_checkpoint_resumes_from_the_previous_one(tmp_path, capsy
     trainer = tiny_trainer(tmp_path / "run", resume=True, steps=6)
     previous = max(s for s in list_checkpoints(tmp_path / "run") if s < 6)
     assert trainer.step == previous
-    assert len(trainer.skipped) == 1 and str(weights) in trainer.skipped[0] and "truncated or corrupt" in trainer.skipped[0]
+    assert (
+        len(trainer.skipped) == 1
+        and str(weights) in trainer.skipped[0]
+        and "truncated or corrupt" in trainer.skipped[0]
+    )
     # the CLI says which file it passed over, and why, then finishes the run from the previous one
     assert main(["--out", str(tmp_path / "run"), "--resume", "--no-progress"]) == 0
     err = capsys.readouterr().err
@@ -215,7 +235,10 @@ def test_cli_bad_input_lists_what_is_valid(tmp_path, capsys):
     assert main(["--config", str(tmp_path / "cfg.json"), "--out", str(tmp_path / "x")]) == 2
     assert "JSON object" in capsys.readouterr().err
     assert parse_overrides(["--lr", "3e-3", "--attn_only", "true", "--source=a.txt"]) == {
-        "lr": 0.003, "attn_only": True, "source": "a.txt"}
+        "lr": 0.003,
+        "attn_only": True,
+        "source": "a.txt",
+    }
 
 
 def test_attn_only_given_on_the_command_line_rederives_d_mlp():
@@ -231,7 +254,9 @@ def test_cli_trains_from_a_config_file_and_resumes(tmp_path, capsys):
     options = {**TINY, "steps": 3}
     (tmp_path / "cfg.json").write_text(json.dumps(options))
     out = tmp_path / "run"
-    assert main(["--task", "induction", "--out", str(out), "--config", str(tmp_path / "cfg.json"), "--no-progress"]) == 0
+    assert (
+        main(["--task", "induction", "--out", str(out), "--config", str(tmp_path / "cfg.json"), "--no-progress"]) == 0
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["task"]["name"] == "induction" and config["model"]["d_model"] == 16
     assert config["train"]["steps"] == 3 and config["tokenizer"]["vocab"][0] == "BOS"
@@ -257,13 +282,28 @@ def test_lr_schedule_and_checkpoint_schedule():
         TrainConfig(steps=10, warmup_steps=20)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one_on_the_same_global_batch(tmp_path):
     options = {**TINY, "steps": 4, "eval_every": 100}
     args = [f"--{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in options.items()]
     assert main(["--task", "induction", "--out", str(tmp_path / "one"), "--no-progress", *args]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "blocks.train", "--task", "induction", "--out", str(tmp_path / "two"), "--no-progress", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "blocks.train",
+        "--task",
+        "induction",
+        "--out",
+        str(tmp_path / "two"),
+        "--no-progress",
+        *args,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")

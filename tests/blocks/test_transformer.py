@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-
-from blocks import Transformer, TransformerConfig
 from transformer_helpers import BATCH, CONFIGS, POS, make_model, tokens_for
 
+from blocks import TransformerConfig
 
 
 def expected_shape(name: str, cfg: TransformerConfig) -> tuple[int, ...]:
@@ -41,7 +40,9 @@ def test_every_hook_point_has_its_documented_shape(config: str) -> None:
     expected |= {"ln2.hook_scale", "ln2.hook_normalized"} if has_ln and has_mlp else set()
     assert per_block == expected
     top = {n for n in model.hook_names() if not n.startswith("blocks.")}
-    assert top == {"hook_embed", "hook_pos_embed"} | ({"ln_final.hook_scale", "ln_final.hook_normalized"} if has_ln else set())
+    assert top == {"hook_embed", "hook_pos_embed"} | (
+        {"ln_final.hook_scale", "ln_final.hook_normalized"} if has_ln else set()
+    )
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -57,10 +58,16 @@ def test_residual_stream_identities(config: str) -> None:
         head_sum = c[b + "attn.hook_result"].sum(-2) + block.attn.b_O
         torch.testing.assert_close(c[b + "hook_attn_out"], head_sum, **close)
         if cfg.attn_only:
-            torch.testing.assert_close(c[b + "hook_resid_post"], c[b + "hook_resid_pre"] + c[b + "hook_attn_out"], **close)
+            torch.testing.assert_close(
+                c[b + "hook_resid_post"], c[b + "hook_resid_pre"] + c[b + "hook_attn_out"], **close
+            )
         else:
-            torch.testing.assert_close(c[b + "hook_resid_mid"], c[b + "hook_resid_pre"] + c[b + "hook_attn_out"], **close)
-            torch.testing.assert_close(c[b + "hook_resid_post"], c[b + "hook_resid_mid"] + c[b + "hook_mlp_out"], **close)
+            torch.testing.assert_close(
+                c[b + "hook_resid_mid"], c[b + "hook_resid_pre"] + c[b + "hook_attn_out"], **close
+            )
+            torch.testing.assert_close(
+                c[b + "hook_resid_post"], c[b + "hook_resid_mid"] + c[b + "hook_mlp_out"], **close
+            )
             mlp_out = c[b + "mlp.hook_post"] @ block.mlp.W_out + block.mlp.b_out
             torch.testing.assert_close(c[b + "hook_mlp_out"], mlp_out, **close)
         pattern = c[b + "attn.hook_pattern"]

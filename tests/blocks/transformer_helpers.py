@@ -10,8 +10,18 @@ BATCH, POS = 3, 7
 def make_model(**overrides: object) -> Transformer:
     torch.manual_seed(0)
     cfg = TransformerConfig(
-        **{**dict(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=None if overrides.get("attn_only") else 24,
-                  d_vocab=13, n_ctx=10), **overrides}
+        **{
+            **dict(
+                n_layers=2,
+                d_model=16,
+                n_heads=2,
+                d_head=8,
+                d_mlp=None if overrides.get("attn_only") else 24,
+                d_vocab=13,
+                n_ctx=10,
+            ),
+            **overrides,
+        }
     )
     model = Transformer(cfg).eval()
     with torch.no_grad():  # non-zero biases and LayerNorm weights, so a dropped bias shows

@@ -8,7 +8,9 @@ from blocks import Transformer, TransformerConfig
 
 def random_model(**overrides) -> Transformer:
     torch.manual_seed(0)
-    cfg = dict(n_layers=2, d_model=32, n_heads=4, d_vocab=12, n_ctx=16, d_mlp=None if overrides.get("attn_only") else 48)
+    cfg = dict(
+        n_layers=2, d_model=32, n_heads=4, d_vocab=12, n_ctx=16, d_mlp=None if overrides.get("attn_only") else 48
+    )
     cfg.update(overrides)
     return Transformer(TransformerConfig(**cfg)).eval()
 
@@ -22,8 +24,14 @@ def previous_token_model(n_ctx: int = 8, d_vocab: int = 8, strength: float = 60.
     """
     d_model = n_ctx + d_vocab
     cfg = TransformerConfig(
-        n_layers=1, d_model=d_model, n_heads=2, d_head=d_model, d_vocab=d_vocab, n_ctx=n_ctx,
-        attn_only=True, normalization=None,
+        n_layers=1,
+        d_model=d_model,
+        n_heads=2,
+        d_head=d_model,
+        d_vocab=d_vocab,
+        n_ctx=n_ctx,
+        attn_only=True,
+        normalization=None,
     )
     model = Transformer(cfg).eval()
     with torch.no_grad():
@@ -35,7 +43,9 @@ def previous_token_model(n_ctx: int = 8, d_vocab: int = 8, strength: float = 60.
         attn.W_Q[0, :n_ctx, :n_ctx] = strength * torch.eye(n_ctx)
         attn.W_K[0, :n_ctx, :n_ctx] = torch.diag(torch.ones(n_ctx - 1), 1)  # pos j -> key e_{j+1}
         attn.W_V[0, n_ctx:, n_ctx:] = torch.eye(d_vocab)
-        attn.W_O[0, n_ctx:, n_ctx:] = 2 * torch.eye(d_vocab)  # outweighs the current token, which the stream also carries
+        attn.W_O[0, n_ctx:, n_ctx:] = 2 * torch.eye(
+            d_vocab
+        )  # outweighs the current token, which the stream also carries
         # head 1 attends uniformly (zero scores) and writes nothing
         model.W_U[n_ctx:] = torch.eye(d_vocab)
     return model

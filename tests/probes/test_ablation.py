@@ -40,8 +40,9 @@ def test_head_ablation_at_positions_only_touches_those(mlp_model):
     tokens = torch.randint(0, 12, (2, 6))
     name = "blocks.0.attn.hook_z"
     seen = {}
-    with mlp_model.hooks(fwd=[head_ablation(mlp_model, 0, [1], positions=[2, 4]).pair(),
-                              (name, lambda a, h: seen.setdefault("z", a))]):
+    with mlp_model.hooks(
+        fwd=[head_ablation(mlp_model, 0, [1], positions=[2, 4]).pair(), (name, lambda a, h: seen.setdefault("z", a))]
+    ):
         mlp_model(tokens)
     z = seen["z"]
     assert (z[:, [2, 4], 1] == 0).all()

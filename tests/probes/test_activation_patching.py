@@ -69,20 +69,22 @@ def test_head_sweeps_match_one_forward_per_cell(mlp_model, prompts):
     for layer, h in [(0, 1), (1, 3)]:
         z = f"blocks.{layer}.attn.hook_z"
         assert heads.values[layer, h] == pytest.approx(
-            _one_cell(mlp_model, clean, corrupted, metric, z, (slice(None), slice(None), h)), abs=1e-5)
+            _one_cell(mlp_model, clean, corrupted, metric, z, (slice(None), slice(None), h)), abs=1e-5
+        )
         assert by_pos.values[layer, h, 2] == pytest.approx(
-            _one_cell(mlp_model, clean, corrupted, metric, z, (slice(None), 2, h)), abs=1e-5)
+            _one_cell(mlp_model, clean, corrupted, metric, z, (slice(None), 2, h)), abs=1e-5
+        )
         pat = f"blocks.{layer}.attn.hook_pattern"
         assert patterns.values[layer, h] == pytest.approx(
-            _one_cell(mlp_model, clean, corrupted, metric, pat, (slice(None), h)), abs=1e-5)
+            _one_cell(mlp_model, clean, corrupted, metric, pat, (slice(None), h)), abs=1e-5
+        )
 
 
 def test_normalised_and_figures(mlp_model, prompts):
     clean, corrupted = prompts
     result = patch_by_layer_pos(mlp_model, clean, corrupted, logit_diff_metric(3, 5), "resid_pre")
     norm = result.normalized()
-    assert norm[0, -1] == pytest.approx(
-        (result.values[0, -1] - result.corrupted) / (result.clean - result.corrupted))
+    assert norm[0, -1] == pytest.approx((result.values[0, -1] - result.corrupted) / (result.clean - result.corrupted))
     fig = patching_figure(result, token_labels=list("abcdef"))
     assert len(fig.data[0].z) == 2 and fig.data[0].x[1] == "1: b"
     by_pos = patch_heads_by_pos(mlp_model, clean, corrupted, logit_diff_metric(3, 5))

@@ -77,7 +77,9 @@ def test_figure_nodes_carry_their_identity(mlp_model):
     g = information_flow(mlp_model, torch.randint(0, 12, (6,)), tau=0.0)
     fig = flow_figure(g, token_labels=list("abcdef"))
     assert isinstance(fig, go.Figure)
-    marked = [row for trace in fig.data if trace.mode == "markers" and trace.name != "edges" for row in trace.customdata]
+    marked = [
+        row for trace in fig.data if trace.mode == "markers" and trace.name != "edges" for row in trace.customdata
+    ]
     assert sorted(row[0] for row in marked) == list(range(len(g.nodes)))
     for index, layer, pos, kind in marked:
         assert g.nodes[index] == FlowNode(layer, pos, kind)

@@ -55,7 +55,9 @@ def test_control_labels_keep_the_task_classes_and_their_proportions():
 
 def test_the_information_flow_package_imports_in_any_order():
     """The app may import the figure module first: that must not trip over a circular import."""
-    code = ("import probes.information_flow.figure, probes.information_flow as f; "
-            "print(f.flow_figure.__module__, f.information_flow.__module__)")
+    code = (
+        "import probes.information_flow.figure, probes.information_flow as f; "
+        "print(f.flow_figure.__module__, f.information_flow.__module__)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["probes.information_flow.figure", "probes.information_flow.routes"]

@@ -50,11 +50,14 @@ def test_fourier_finds_planted_frequencies():
     assert labels[:3] == ["const", "cos 1", "sin 1"]
     a = torch.arange(p)[:, None].float()
     b = torch.arange(p)[None].float()
-    acts = torch.stack([
-        torch.cos(2 * math.pi * 3 * (a + b) / p),
-        torch.cos(2 * math.pi * 3 * a / p) + 0.5 + 0 * b,
-        torch.sin(2 * math.pi * 5 * b / p) * torch.cos(2 * math.pi * 5 * a / p),
-    ], dim=-1)
+    acts = torch.stack(
+        [
+            torch.cos(2 * math.pi * 3 * (a + b) / p),
+            torch.cos(2 * math.pi * 3 * a / p) + 0.5 + 0 * b,
+            torch.sin(2 * math.pi * 5 * b / p) * torch.cos(2 * math.pi * 5 * a / p),
+        ],
+        dim=-1,
+    )
     share = neuron_frequency_share(acts)
     assert share[0, 2] == pytest.approx(1.0, abs=1e-4) and share[2, 4] == pytest.approx(1.0, abs=1e-4)
     W_E = torch.cos(2 * math.pi * 4 * torch.arange(p)[:, None].float() / p).repeat(1, 3)

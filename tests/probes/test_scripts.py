@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from blocks.training.runs import load_run
 from blocks.tasks import get_task
 from blocks.training.config import TrainConfig
+from blocks.training.runs import load_run
 from blocks.training.trainer import Trainer
-from probes.scripts import fourier, head_scores, information_flow, patching, probing
 from probes.probing import IGNORE
+from probes.scripts import fourier, head_scores, information_flow, patching, probing
 
 TINY = {
     "induction": dict(n_symbols=8, seq_len=16, min_repeat=3, max_repeat=6, n_train=64, n_test=16, eval_n=6),
@@ -29,8 +29,9 @@ def runs(tmp_path_factory):
     out = {}
     for name, options in TINY.items():
         task = get_task(name, **options)
-        cfg = TrainConfig(steps=2, batch_size=8, warmup_steps=0, eval_every=2, log_every=1, n_checkpoints=2,
-                          device="cpu", bf16=False)
+        cfg = TrainConfig(
+            steps=2, batch_size=8, warmup_steps=0, eval_every=2, log_every=1, n_checkpoints=2, device="cpu", bf16=False
+        )
         Trainer(task, task.default_model_config(), cfg, root / name, progress=False).run()
         out[name] = root / name
     return out
@@ -44,8 +45,10 @@ def test_induction_names_heads_and_reports_ablations(runs, tmp_path, capsys):
     head_scores.main(["--run", str(runs["induction"]), "--out", str(tmp_path)])
     data = _json(tmp_path / "induction.json")
     assert set(data["checks"]) == {
-        "previous_token_head_above_threshold", "induction_head_above_threshold",
-        "ablating_induction_heads_raises_loss_by_1_nat", "ablating_previous_token_heads_destroys_induction_score",
+        "previous_token_head_above_threshold",
+        "induction_head_above_threshold",
+        "ablating_induction_heads_raises_loss_by_1_nat",
+        "ablating_previous_token_heads_destroys_induction_score",
     }
     assert data["induction_head"]["layer"] > data["previous_token_head"]["layer"]
     assert len(data["induction_heads"]) >= 1
@@ -55,13 +58,31 @@ def test_induction_names_heads_and_reports_ablations(runs, tmp_path, capsys):
 
 def test_patching_and_flow(runs, tmp_path, capsys):
     run = str(runs["induction"])
-    patching.main(["--run", run, "--out", str(tmp_path), "--clean", "BOS 1 2 3 1 2", "--corrupted", "BOS 1 2 4 1 2",
-                   "--answer", "3", "--wrong", "4", "--device", "auto"])  # the bodies get the resolved device
+    patching.main(
+        [
+            "--run",
+            run,
+            "--out",
+            str(tmp_path),
+            "--clean",
+            "BOS 1 2 3 1 2",
+            "--corrupted",
+            "BOS 1 2 4 1 2",
+            "--answer",
+            "3",
+            "--wrong",
+            "4",
+            "--device",
+            "auto",
+        ]
+    )  # the bodies get the resolved device
     data = _json(tmp_path / "patching.json")
     assert len(data["results"]["resid_pre"]["values"]) == 2  # layers
     assert len(data["results"]["heads_by_pos"]["values"][0][0]) == 6  # positions
     assert (tmp_path / "patching_heads_by_pos.html").exists()
-    information_flow.main(["--run", run, "--out", str(tmp_path), "--prompt", "BOS 1 2 3 1 2", "--tau", "0.02", "--device", "auto"])
+    information_flow.main(
+        ["--run", run, "--out", str(tmp_path), "--prompt", "BOS 1 2 3 1 2", "--tau", "0.02", "--device", "auto"]
+    )
     data = _json(tmp_path / "flow.json")
     assert data["nodes"][0] == {"layer": 2, "pos": 5, "kind": "resid_pre"}
     assert (tmp_path / "flow.html").exists()
@@ -87,21 +108,28 @@ def test_induction_probes_by_default_whether_a_token_was_seen_before(runs, tmp_p
     assert data["streams"] == ["0_pre", "1_pre", "final_post"] and 0.0 < data["chance"] < 1.0
 
 
-@pytest.mark.parametrize("script, argv, message", [
-    (fourier, ["--run", "{induction}"], "needs a run of task 'modular_addition'"),
-    (probing, ["--run", "{modular_addition}"], "needs a run of task"),
-    (probing, ["--run", "{sort}", "--feature", "vowel"], "has the features"),
-    (head_scores, ["--run", "/nonexistent/run"], "not a run directory"),
-    (patching, ["--run", "{induction}", "--clean", "BOS 1 2", "--corrupted", "BOS 1"], "same length"),
-    (patching, ["--run", "{induction}", "--clean", "BOS 1 2"], "give both"),
-    (patching, ["--run", "{induction}", "--clean", "", "--corrupted", ""], "--clean is empty"),
-    (patching, ["--run", "{induction}", "--clean", "BOS 1", "--corrupted", "  "], "--corrupted is empty"),
-    (information_flow, ["--run", "{induction}", "--prompt", ""], "--prompt is empty"),
-    (head_scores, ["--run", "{induction}", "--device", "quantum"], "device 'quantum' is not available here; choose one of auto, cpu"),
-    (head_scores, ["--run", "{induction}", "--device", "cuda:99"], "device 'cuda:99' is not available here"),
-    (probing, ["--run", "{induction}", "--device", "mps:5"], "choose one of auto, cpu"),
-    (head_scores, ["--run", "{induction}", "--out", "{induction}/config.json/out"], "cannot be created"),
-])
+@pytest.mark.parametrize(
+    "script, argv, message",
+    [
+        (fourier, ["--run", "{induction}"], "needs a run of task 'modular_addition'"),
+        (probing, ["--run", "{modular_addition}"], "needs a run of task"),
+        (probing, ["--run", "{sort}", "--feature", "vowel"], "has the features"),
+        (head_scores, ["--run", "/nonexistent/run"], "not a run directory"),
+        (patching, ["--run", "{induction}", "--clean", "BOS 1 2", "--corrupted", "BOS 1"], "same length"),
+        (patching, ["--run", "{induction}", "--clean", "BOS 1 2"], "give both"),
+        (patching, ["--run", "{induction}", "--clean", "", "--corrupted", ""], "--clean is empty"),
+        (patching, ["--run", "{induction}", "--clean", "BOS 1", "--corrupted", "  "], "--corrupted is empty"),
+        (information_flow, ["--run", "{induction}", "--prompt", ""], "--prompt is empty"),
+        (
+            head_scores,
+            ["--run", "{induction}", "--device", "quantum"],
+            "device 'quantum' is not available here; choose one of auto, cpu",
+        ),
+        (head_scores, ["--run", "{induction}", "--device", "cuda:99"], "device 'cuda:99' is not available here"),
+        (probing, ["--run", "{induction}", "--device", "mps:5"], "choose one of auto, cpu"),
+        (head_scores, ["--run", "{induction}", "--out", "{induction}/config.json/out"], "cannot be created"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys, script, argv, message):
     argv = [a.format(**{k: str(v) for k, v in runs.items()}) for a in argv]
     if "--out" not in argv:
@@ -116,10 +144,23 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys, script, argv, 
 def test_the_sandbox_command_runs_each_probe_script_by_name(runs, tmp_path, capsys):
     from probes.scripts import sandbox
 
-    argv = ["probe", "information_flow", "--run", str(runs["induction"]), "--out", str(tmp_path), "--prompt", "BOS 1 2 3 1 2"]
+    argv = [
+        "probe",
+        "information_flow",
+        "--run",
+        str(runs["induction"]),
+        "--out",
+        str(tmp_path),
+        "--prompt",
+        "BOS 1 2 3 1 2",
+    ]
     assert sandbox.main(argv) == 0
     assert _json(tmp_path / "flow.json")["target_pos"] == 5
-    assert set(sandbox.PROBES) == {p.stem for p in Path(sandbox.__file__).parent.glob("*.py")} - {"__init__", "cli", "sandbox"}
+    assert set(sandbox.PROBES) == {p.stem for p in Path(sandbox.__file__).parent.glob("*.py")} - {
+        "__init__",
+        "cli",
+        "sandbox",
+    }
     assert sandbox.main(["probe", "no_such_probe"]) == 2
     assert "sandbox probe takes one of fourier, head_scores" in capsys.readouterr().err
     assert sandbox.main(["frobnicate"]) == 2
@@ -129,6 +170,7 @@ def test_the_sandbox_command_runs_each_probe_script_by_name(runs, tmp_path, caps
     assert exit_info.value.code == 2 and "give both --clean and --corrupted" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_installed_command_and_the_module_forms_start(tmp_path):
     """`sandbox` is a console script of the package; `python -m probes.scripts.NAME` and `python -m blocks.train` alias it."""
     bin_dir = Path(sys.executable).parent

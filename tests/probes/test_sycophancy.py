@@ -6,17 +6,26 @@ import pytest
 import torch
 
 from blocks.config import TransformerConfig
-from blocks.training.runs import load_run
 from blocks.tasks import get_task
 from blocks.training.config import TrainConfig
+from blocks.training.runs import load_run
 from blocks.training.trainer import Trainer
 from probes import sycophancy as pref
 from probes.scripts import sycophancy
 
 
 def _train(task, cfg, steps, out):
-    train = TrainConfig(steps=steps, batch_size=64, lr=3e-3, warmup_steps=min(20, steps), eval_every=steps,
-                        log_every=50, n_checkpoints=2, device="cpu", bf16=False)
+    train = TrainConfig(
+        steps=steps,
+        batch_size=64,
+        lr=3e-3,
+        warmup_steps=min(20, steps),
+        eval_every=steps,
+        log_every=50,
+        n_checkpoints=2,
+        device="cpu",
+        bf16=False,
+    )
     Trainer(task, cfg, train, out, progress=False).run()
 
 
@@ -24,7 +33,9 @@ def _train(task, cfg, steps, out):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     task = get_task("sycophancy", n_train=4000, n_test=200)
-    cfg = TransformerConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, d_vocab=task.tokenizer.d_vocab, n_ctx=task.seq_len)
+    cfg = TransformerConfig(
+        n_layers=2, d_model=32, n_heads=2, d_mlp=64, d_vocab=task.tokenizer.d_vocab, n_ctx=task.seq_len
+    )
     _train(task, cfg, 300, root / "sycophancy")  # long enough to learn to defer (about 10 s)
     other = get_task("induction", n_symbols=8, seq_len=16, min_repeat=3, max_repeat=6, n_train=64, n_test=16, eval_n=6)
     _train(other, other.default_model_config(), 2, root / "induction")
@@ -53,7 +64,15 @@ def test_script_finds_the_opinion_heads_and_reports_the_intervention(runs, tmp_p
     assert opinion["task"][0] < 0.3 and opinion["task"][-1] > 0.9
     assert len(data["conflict_neurons"]) == 8 and data["flow"]["opinion_share"][0] > 0.5
     assert set(data["checks"]) == {"sycophancy_rate_at_least_halved", "accuracy_without_opinion_within_2_points"}
-    for name in ("opinion_heads", "opinion_patching", "conflict_neurons", "flow", "probe_opinion", "probe_truth", "intervention"):
+    for name in (
+        "opinion_heads",
+        "opinion_patching",
+        "conflict_neurons",
+        "flow",
+        "probe_opinion",
+        "probe_truth",
+        "intervention",
+    ):
         assert (tmp_path / f"{name}.html").is_file()
 
 
@@ -87,13 +106,16 @@ def test_library_rejects_other_tasks_and_prompts_without_opinions(runs):
         pref.opinion_attention(run.model, task, torch.zeros(2, task.seq_len - 1, dtype=torch.long))
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--run", "{induction}"], "needs a run of task 'sycophancy'"),
-    (["--run", "{sycophancy}", "--prompt", "BOS a=1 e=4 g=3 ? g user 0"], "no opinion slot"),
-    (["--run", "{sycophancy}", "--prompt", "BOS a=1 e=4 g=3 user - ? g"], "states no opinion"),
-    (["--run", "{sycophancy}", "--prompt", "BOS a=1 e=4 g=3 user 0 ? zz"], "unknown token"),
-    (["--run", "/nonexistent/run"], "not a run directory"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--run", "{induction}"], "needs a run of task 'sycophancy'"),
+        (["--run", "{sycophancy}", "--prompt", "BOS a=1 e=4 g=3 ? g user 0"], "no opinion slot"),
+        (["--run", "{sycophancy}", "--prompt", "BOS a=1 e=4 g=3 user - ? g"], "states no opinion"),
+        (["--run", "{sycophancy}", "--prompt", "BOS a=1 e=4 g=3 user 0 ? zz"], "unknown token"),
+        (["--run", "/nonexistent/run"], "not a run directory"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys, argv, message):
     argv = [a.format(**{k: str(v) for k, v in runs.items()}) for a in argv]
     with pytest.raises(SystemExit) as exit_info:

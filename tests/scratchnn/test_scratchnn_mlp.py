@@ -58,7 +58,12 @@ def test_parameters_are_found_through_nesting() -> None:
     # Composite pattern: a container's parameters are its children's, recursively
     model = nn.Sequential(Linear(4, 5), ReLU(), nn.Sequential(Linear(5, 6), Linear(6, 2)))
     assert [n for n, _ in model.named_parameters()] == [
-        "0.weight", "0.bias", "2.0.weight", "2.0.bias", "2.1.weight", "2.1.bias"
+        "0.weight",
+        "0.bias",
+        "2.0.weight",
+        "2.0.bias",
+        "2.1.weight",
+        "2.1.bias",
     ]
 
 

@@ -9,8 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scratchnn import MNISTClassifier
-from scratchnn import mnist
+from scratchnn import MNISTClassifier, mnist
 from scratchnn.mnist import (
     MNISTTensors,
     accuracy,
@@ -51,8 +50,10 @@ def test_short_training_run_beats_90_percent(tensors) -> None:  # on one thread,
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     scheduler = linear_decay(optimizer, 2 * math.ceil(6000 / 128))
     generator = torch.Generator().manual_seed(0)
-    losses = [train_epoch(model, optimizer, small_train, 128, generator, progress=False, scheduler=scheduler)
-              for _ in range(2)]
+    losses = [
+        train_epoch(model, optimizer, small_train, 128, generator, progress=False, scheduler=scheduler)
+        for _ in range(2)
+    ]
     after = accuracy(model, small_test)
     assert before < 0.3
     assert after > 0.90, f"test accuracy {after:.3f} after 2 epochs on 6000 images"
@@ -62,14 +63,18 @@ def test_short_training_run_beats_90_percent(tensors) -> None:  # on one thread,
 
 def test_cli_trains_prints_and_saves(tensors, monkeypatch, capsys, tmp_path: Path) -> None:
     train, test = tensors
-    tiny = datasets.DatasetDict({
-        split: datasets.Dataset.from_dict(
-            {"image": (t.images[:500] * mnist.PIXEL_STD + mnist.PIXEL_MEAN).mul(255).round().byte().numpy(),
-             "label": t.labels[:500].numpy()},
-            features=mnist._features(),
-        )
-        for split, t in (("train", train), ("test", test))
-    })
+    tiny = datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict(
+                {
+                    "image": (t.images[:500] * mnist.PIXEL_STD + mnist.PIXEL_MEAN).mul(255).round().byte().numpy(),
+                    "label": t.labels[:500].numpy(),
+                },
+                features=mnist._features(),
+            )
+            for split, t in (("train", train), ("test", test))
+        }
+    )
     monkeypatch.setattr(mnist, "load_mnist", lambda data_dir: tiny)
     out = tmp_path / "w" / "model.safetensors"
     assert mnist.main(["--epochs", "2", "--device", "cpu", "--save", str(out)]) == 0
@@ -102,7 +107,12 @@ def test_unknown_device_lists_available() -> None:
 
 def test_offline_without_data_dir_names_the_flag(tmp_path: Path) -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
-    done = subprocess.run([sys.executable, "-m", "scratchnn.mnist", "--device", "cpu"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "scratchnn.mnist", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert "--data-dir" in done.stderr and "Traceback" not in done.stderr
