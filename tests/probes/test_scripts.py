@@ -9,9 +9,12 @@ import pytest
 import torch
 
 from blocks.tasks import get_task
+from blocks.tasks.common import next_token_nll
 from blocks.training.config import TrainConfig
 from blocks.training.runs import load_run
 from blocks.training.trainer import Trainer
+from probes.head_scores import THRESHOLD, repeated_tokens
+from probes.head_scores import head_scores as library_head_scores
 from probes.probing import IGNORE
 from probes.scripts import fourier, head_scores, information_flow, patching, probing
 
@@ -41,19 +44,35 @@ def _json(path):
     return json.loads(path.read_text())
 
 
-def test_induction_names_heads_and_reports_ablations(runs, tmp_path, capsys):
-    head_scores.main(["--run", str(runs["induction"]), "--out", str(tmp_path)])
+def test_head_scores_script_reports_what_the_library_computes(runs, tmp_path, capsys):
+    """Every number in head_scores.json against the library on the same batch, and each check against its numbers."""
+    head_scores.main(["--run", str(runs["induction"]), "--out", str(tmp_path), "--seed", "3"])
     data = _json(tmp_path / "induction.json")
-    assert set(data["checks"]) == {
-        "previous_token_head_above_threshold",
-        "induction_head_above_threshold",
-        "ablating_induction_heads_raises_loss_by_1_nat",
-        "ablating_previous_token_heads_destroys_induction_score",
-    }
-    assert data["induction_head"]["layer"] > data["previous_token_head"]["layer"]
-    assert len(data["induction_heads"]) >= 1
+    run = load_run(runs["induction"])
+    n = run.task.eval_n
+    tokens = repeated_tokens(n, 64, 1, run.task.n_symbols + 1, 0, seed=3)
+    scores = library_head_scores(run.model, tokens, n)
+    n_heads = run.model.cfg.n_heads
+    prev_layer, prev_head = divmod(int(scores["previous_token"][:-1].argmax()), n_heads)  # below some later layer
+    assert (data["previous_token_head"]["layer"], data["previous_token_head"]["head"]) == (prev_layer, prev_head)
+    later = scores["induction"][prev_layer + 1 :]
+    ind_layer, ind_head = divmod(int(later.argmax()), n_heads)
+    assert (data["induction_head"]["layer"], data["induction_head"]["head"]) == (ind_layer + prev_layer + 1, ind_head)
+    assert data["induction_head"]["score"] == pytest.approx(float(later.max()), abs=1e-6)
+    for name, values in scores.items():
+        torch.testing.assert_close(torch.tensor(data["scores"][name]), values, atol=1e-6, rtol=0)
+    nll = next_token_nll(run.model(tokens), tokens)
+    assert data["loss"]["clean"]["repeated_half"] == pytest.approx(float(nll[:, n + 1 :].mean()), abs=1e-5)
+    assert data["loss"]["clean"]["first_half"] == pytest.approx(float(nll[:, 1:n].mean()), abs=1e-5)
+    checks, loss = data["checks"], data["loss"]
+    assert checks["previous_token_head_above_threshold"] == (data["previous_token_head"]["score"] > THRESHOLD)
+    assert checks["induction_head_above_threshold"] == (data["induction_head"]["score"] > THRESHOLD)
+    rise = loss["induction_heads_ablated"]["repeated_half"] - loss["clean"]["repeated_half"]
+    assert checks["ablating_induction_heads_raises_loss_by_1_nat"] == (rise >= 1.0)
+    mean_without = data["induction_score_with_previous_token_heads_ablated"]["mean"]
+    assert checks["ablating_previous_token_heads_destroys_induction_score"] == (mean_without < THRESHOLD)
     assert (tmp_path / "induction_scores.html").stat().st_size > 1000
-    assert "induction head" in capsys.readouterr().out
+    assert f"L{prev_layer}H{prev_head}" in capsys.readouterr().out
 
 
 def test_patching_and_flow(runs, tmp_path, capsys):
