@@ -3,6 +3,7 @@
     python benchmarks/bench_backend.py                  # both models: forward, training step, full cache
     python benchmarks/bench_backend.py --sweep          # our attention kernel against SDPA at several shapes
     python benchmarks/bench_backend.py --malloc         # keep_freed_memory() against glibc's defaults
+    python benchmarks/bench_backend.py --linear         # oneDNN against addmm by matmul size, with and without gradients
 
 A function is kept only if leaving it out costs at least 5% of a forward or a training step.
 Each variant below leaves one thing out: the function unregistered (the module's own code runs
@@ -149,6 +150,34 @@ def sweep(rounds: int) -> None:
         print(f"| {batch} x {heads} x {pos} x {d_head} | " + " | ".join(row) + " |")
 
 
+def linear_sizes(rounds: int) -> None:
+    """oneDNN (through its autograd Function) against addmm, forward and forward + backward, by matmul size."""
+    from blocks.fast.linear import MIN_MACS_WITH_GRAD, _OneDNNLinear
+
+    print(f"MIN_MACS_WITH_GRAD = {MIN_MACS_WITH_GRAD:,}: below it, training takes addmm")
+    print("| rows x d_in x d_out | multiply-adds | forward: oneDNN us | addmm us | fwd+bwd: oneDNN us | addmm us |")
+    print("|---|---|---|---|---|---|")
+    for rows, d_in, d_out in [(128, 256, 128), (128, 784, 256), (1024, 128, 128), (2048, 128, 128), (8192, 128, 128),
+                              (8192, 128, 512), (8192, 256, 1024)]:  # fmt: skip
+        x, w, b = (torch.randn(*shape, requires_grad=True) for shape in ((rows, d_in), (d_out, d_in), (d_out,)))
+        upstream = torch.randn(rows, d_out)
+
+        def onednn_fb() -> None:
+            _OneDNNLinear.apply(x, w, b).backward(upstream)
+
+        def addmm_fb() -> None:
+            torch.addmm(b, x, w.T).backward(upstream)
+
+        with torch.no_grad():
+            fwd = interleaved({"onednn": lambda: _OneDNNLinear.apply(x, w, b), "addmm": lambda: torch.addmm(b, x, w.T)},
+                              rounds * 10)  # fmt: skip
+        both = interleaved({"onednn": onednn_fb, "addmm": addmm_fb}, rounds * 10)
+        cells = [1e6 * fwd["onednn"], 1e6 * fwd["addmm"], 1e6 * both["onednn"], 1e6 * both["addmm"]]
+        print(
+            f"| {rows} x {d_in} x {d_out} | {rows * d_in * d_out:,} | " + " | ".join(f"{c:.0f}" for c in cells) + " |"
+        )
+
+
 def malloc(rounds: int) -> None:
     """A plain 4-layer forward in two fresh processes: with keep_freed_memory() and with glibc's defaults."""
     print("| malloc | forward ms | minor page faults a forward |")
@@ -188,6 +217,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--sweep", action="store_true", help="our attention kernel against SDPA at several shapes")
     parser.add_argument("--malloc", action="store_true", help="keep_freed_memory() against glibc's defaults")
+    parser.add_argument("--linear", action="store_true", help="oneDNN against addmm by matmul size")
     parser.add_argument("--malloc-child", choices=["keep", "glibc"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -199,6 +229,8 @@ def main() -> None:
         sweep(args.rounds)
     elif args.malloc:
         malloc(args.rounds)
+    elif args.linear:
+        linear_sizes(args.rounds)
     else:
         fast.keep_freed_memory()
         variant_table(args.rounds)

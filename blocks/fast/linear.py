@@ -2,10 +2,14 @@
 
 On x86-64 CPUs in float32, oneDNN's linear primitive (the kernel torch.compile's CPU backend
 emits), with the bias added inside the matmul, forward and for the input's gradient; the weight's
-gradient stays with MKL. Without gradients it also applies the MLP's activation inside the
-matmul (`linear_activation`). Everywhere else `torch.addmm`, which also adds the bias inside the
-matmul: CUDA, other dtypes, CPU autocast, torch.compile, forward-mode AD, torch.func transforms,
-builds without oneDNN. benchmarks/RESULTS.md has what each is worth.
+gradient stays with MKL. With gradients, only for matmuls of at least MIN_MACS_WITH_GRAD
+multiply-adds: below that the Python autograd Function around oneDNN costs more than it saves
+(the crossover lies between 4 and 17 million here; a transformer layer at batch 64 x 128 has
+134 million or more, an MNIST layer 26 million or fewer). Without gradients it also applies the
+MLP's activation inside the matmul (`linear_activation`). Everywhere else `torch.addmm`, which
+also adds the bias inside the matmul: CUDA, other dtypes, CPU autocast, torch.compile,
+forward-mode AD, torch.func transforms, builds without oneDNN. benchmarks/RESULTS.md has what
+each is worth.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from torch import Tensor
 from blocks.fast.applies import plain_cpu_float32
 
 _AVAILABLE: bool | None = None  # probed on first use
+MIN_MACS_WITH_GRAD = 2**24  # rows * d_in * d_out; `python benchmarks/bench_backend.py --linear` shows the crossover
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}  # torch's one-pass kernels of scratchnn's ReLU and (erf) GELU
 
 
@@ -28,7 +33,8 @@ def linear(
 ) -> Float[Tensor, "*batch d_out"]:
     """x @ weight.T + bias, with the bias added inside the matmul."""
     flat = x.reshape(-1, x.shape[-1])
-    if _use_onednn(x, weight):
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    if _use_onednn(x, weight) and (not grad or flat.shape[0] * weight.numel() >= MIN_MACS_WITH_GRAD):
         out = _OneDNNLinear.apply(flat, weight, bias)
     elif bias is None:
         out = flat @ weight.T

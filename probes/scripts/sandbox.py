@@ -2,7 +2,7 @@
 
     sandbox train --task induction --out runs/induction   # = python -m blocks.train ...
     sandbox probe head_scores --run runs/induction --out out/heads   # = python -m probes.scripts.head_scores ...
-    sandbox mnist --data-dir ../shared/data/mnist          # = python -m scratchnn.mnist ...
+    sandbox mnist --data-dir ../shared/data/mnist          # = python -m scratchnn.mnist ..., with the fast backend
     sandbox app --runs runs                                # = streamlit run app.py -- --runs runs
     sandbox backend                                        # what the fast backend runs on this machine
 
@@ -48,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             script.main(rest[1:])
         return 0
     if command == "mnist":
+        import blocks.fast  # noqa: F401  (the fast backend; `python -m scratchnn.mnist` runs the modules' own code)
         from scratchnn.mnist import main as mnist
 
         with program("sandbox mnist"):

@@ -78,8 +78,27 @@ def test_the_activation_runs_inside_oneDNN_only_without_gradients(monkeypatch: p
     x, w, b = inputs()
     with torch.no_grad():
         linear_activation(x, w, b, "gelu")
-    linear_activation(x, w.requires_grad_(), b, "gelu")  # its backward needs the pre-activation: a plain linear first
+    assert acts == ["gelu"]
+    linear_activation(x, w.requires_grad_(), b, "gelu")  # small, with gradients: addmm (see the next test)
+    assert acts == ["gelu"]
+    big = torch.randn(fast_linear.MIN_MACS_WITH_GRAD // (24 * 16) + 1, 16)
+    linear_activation(
+        big, w, b, "gelu"
+    )  # large: oneDNN's plain linear, the activation after it (its backward needs its input)
     assert acts == ["gelu", "none"]
+
+
+def test_with_gradients_small_matmuls_take_addmm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below MIN_MACS_WITH_GRAD the autograd Function around oneDNN costs more than it saves (bench_backend.py --linear)."""
+    calls = []
+    real = fast_linear._onednn
+    monkeypatch.setattr(fast_linear, "_onednn", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    w = torch.randn(24, 16, requires_grad=True)
+    rows = fast_linear.MIN_MACS_WITH_GRAD // (24 * 16)
+    for n in (rows - 1, rows + 1):
+        x = torch.randn(n, 16, requires_grad=True)
+        torch.testing.assert_close(linear(x, w, None), reference(x, w, None), atol=1e-4, rtol=1e-5)
+    assert calls == [rows + 1]
 
 
 @pytest.mark.parametrize("bias", [True, False])
