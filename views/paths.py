@@ -19,7 +19,7 @@ class RunPathError(ValueError):
 
 def runs_root(argv: list[str] | None = None) -> Path:
     """The runs folder: `--runs DIR` after `streamlit run app.py --`, else $SANDBOX_RUNS, else ./runs."""
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # another program's --run is not --runs
     parser.add_argument("--runs", default=None)
     args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     return Path(args.runs or os.environ.get(RUNS_ENV) or "runs").expanduser().resolve()

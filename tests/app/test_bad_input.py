@@ -132,3 +132,5 @@ def test_runs_folder_comes_from_the_command_line(tmp_path, monkeypatch):
     assert runs_root(["--runs", str(tmp_path)]) == tmp_path.resolve()
     monkeypatch.setenv("SANDBOX_RUNS", str(tmp_path / "x"))
     assert runs_root([]) == (tmp_path / "x").resolve()
+    # another program's --run (a benchmark's, under AppTest) is not an abbreviation of --runs
+    assert runs_root(["--run", str(tmp_path / "y")]) == (tmp_path / "x").resolve()
