@@ -4,8 +4,8 @@
 // torch's CPU flash-attention kernel spends most of its time in the overhead of many tiny matmul
 // calls. Here one task is one (batch, head) pair; its keys, scores and probabilities stay in the
 // core's cache, and the three products are written as register-blocked loops over 16-float vectors
-// (simd.h). blocks/kernel_library.py builds it; blocks/attention_kernel.py checks and calls it, and
-// tests/blocks/test_attention_kernel.py holds it to the explicit softmax(q k^T / sqrt(d_head)) v,
+// (simd.h). blocks/fast/build.py builds it; blocks/fast/attention.py checks and calls it, and
+// tests/blocks/test_fast_attention.py holds it to the explicit softmax(q k^T / sqrt(d_head)) v,
 // values and gradients.
 //
 // Layouts: q, k, v, out and their gradients are [batch, pos, n_heads, d_head] or any strided view

@@ -1,6 +1,6 @@
 // Shared pieces of this folder's kernels: 16-float vectors, a vector exp, register transposes, the two
 // register-blocked products, and the OpenMP loop over tasks. GCC vector extensions, and two AVX-512 intrinsics in
-// vexp: built with -march=native on an AVX-512 CPU (blocks/kernel_library.py builds nowhere else). Everything is
+// vexp: built with -march=native on an AVX-512 CPU (blocks/fast/build.py builds nowhere else). Everything is
 // inline in an anonymous namespace: each kernel file has its copy.
 #pragma once
 
