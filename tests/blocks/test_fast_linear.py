@@ -133,7 +133,6 @@ def test_probing_for_onednn_leaves_the_random_stream_alone(monkeypatch: pytest.M
     torch.testing.assert_close(after_probe, torch.rand(3))
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # torch's forward_ad, on first use
 @pytest.mark.parametrize("grad", [False, True])
 def test_forward_mode_tangents_survive(grad: bool) -> None:
     x, w, b = inputs()

@@ -61,7 +61,8 @@ def test_head_scores_script_reports_what_the_library_computes(runs, tmp_path, ca
     assert data["induction_head"]["score"] == pytest.approx(float(later.max()), abs=1e-6)
     for name, values in scores.items():
         torch.testing.assert_close(torch.tensor(data["scores"][name]), values, atol=1e-6, rtol=0)
-    nll = next_token_nll(run.model(tokens), tokens)
+    with torch.no_grad():
+        nll = next_token_nll(run.model(tokens), tokens)
     assert data["loss"]["clean"]["repeated_half"] == pytest.approx(float(nll[:, n + 1 :].mean()), abs=1e-5)
     assert data["loss"]["clean"]["first_half"] == pytest.approx(float(nll[:, 1:n].mean()), abs=1e-5)
     checks, loss = data["checks"], data["loss"]
