@@ -55,9 +55,8 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 # variant -> {operation: replacement, or None to unregister it}
 VARIANTS: dict[str, dict[str, Callable | None]] = {
     "whole backend": {},
-    "linear: addmm instead of oneDNN": {"linear": addmm_linear, "linear_activation": None},
-    "linear: module's own code": {"linear": None, "linear_activation": None},
-    "linear_activation: module's own code": {"linear_activation": None},
+    "linear: addmm instead of oneDNN": {"linear": addmm_linear},
+    "linear: module's own code": {"linear": None},
     "causal_attention: SDPA instead of our kernel": {"causal_attention": sdpa},
     "causal_attention: module's own code": {"causal_attention": None},
     "layer_norm: module's own code": {"layer_norm": None},
@@ -67,13 +66,12 @@ VARIANTS: dict[str, dict[str, Callable | None]] = {
 
 
 def use(variant: dict[str, Callable | None]) -> None:
-    backend._REGISTERED.clear()
     fast.register()
     for name, fn in variant.items():
         if fn is None:
-            backend._REGISTERED.pop(name, None)
+            backend.unregister(name)
         else:
-            backend._REGISTERED[name] = fn
+            backend.register(name, fn)
 
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
@@ -151,27 +149,36 @@ def sweep(rounds: int) -> None:
 
 
 def linear_sizes(rounds: int) -> None:
-    """oneDNN (through its autograd Function) against addmm, forward and forward + backward, by matmul size."""
-    from blocks.fast.linear import MIN_MACS_WITH_GRAD, _OneDNNLinear
+    """blocks.fast.linear with oneDNN forced on and forced off (MIN_MACS_WITH_GRAD at 0 and at infinity), by matmul size."""
+    from blocks.fast import linear as fast_linear
 
-    print(f"MIN_MACS_WITH_GRAD = {MIN_MACS_WITH_GRAD:,}: below it, training takes addmm")
+    threshold = fast_linear.MIN_MACS_WITH_GRAD
+    print(f"MIN_MACS_WITH_GRAD = {threshold:,}: below it, training takes addmm")
     print("| rows x d_in x d_out | multiply-adds | forward: oneDNN us | addmm us | fwd+bwd: oneDNN us | addmm us |")
     print("|---|---|---|---|---|---|")
-    for rows, d_in, d_out in [(128, 256, 128), (128, 784, 256), (1024, 128, 128), (2048, 128, 128), (8192, 128, 128),
-                              (8192, 128, 512), (8192, 256, 1024)]:  # fmt: skip
+    shapes = [(128, 256, 128), (128, 784, 256), (1024, 128, 128), (2048, 128, 128), (8192, 128, 128), (8192, 128, 512),
+              (8192, 256, 1024)]  # fmt: skip
+    for rows, d_in, d_out in shapes:
         x, w, b = (torch.randn(*shape, requires_grad=True) for shape in ((rows, d_in), (d_out, d_in), (d_out,)))
         upstream = torch.randn(rows, d_out)
 
-        def onednn_fb() -> None:
-            _OneDNNLinear.apply(x, w, b).backward(upstream)
+        def run(onednn: bool, backward: bool) -> Callable[[], None]:
+            def go() -> None:
+                fast_linear.MIN_MACS_WITH_GRAD = 0 if onednn else float("inf")
+                if backward:
+                    fast_linear.linear(x, w, b).backward(upstream)
+                elif onednn:
+                    with torch.no_grad():
+                        fast_linear.linear(x, w, b)
+                else:
+                    with torch.no_grad():
+                        torch.addmm(b, x, w.T)
 
-        def addmm_fb() -> None:
-            torch.addmm(b, x, w.T).backward(upstream)
+            return go
 
-        with torch.no_grad():
-            fwd = interleaved({"onednn": lambda: _OneDNNLinear.apply(x, w, b), "addmm": lambda: torch.addmm(b, x, w.T)},
-                              rounds * 10)  # fmt: skip
-        both = interleaved({"onednn": onednn_fb, "addmm": addmm_fb}, rounds * 10)
+        fwd = interleaved({"onednn": run(True, False), "addmm": run(False, False)}, rounds * 10)
+        both = interleaved({"onednn": run(True, True), "addmm": run(False, True)}, rounds * 10)
+        fast_linear.MIN_MACS_WITH_GRAD = threshold
         cells = [1e6 * fwd["onednn"], 1e6 * fwd["addmm"], 1e6 * both["onednn"], 1e6 * both["addmm"]]
         print(
             f"| {rows} x {d_in} x {d_out} | {rows * d_in * d_out:,} | " + " | ".join(f"{c:.0f}" for c in cells) + " |"

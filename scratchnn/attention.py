@@ -26,7 +26,8 @@ class Attention(nn.Module):
     Each head's write to the residual stream (`hook_result`, [batch, pos, n_heads, d_model]) is
     the costliest activation, so it is computed only when someone listens to it. When nobody
     listens to the scores or the pattern, a registered backend (scratchnn.backend) may compute
-    the weighted sum without forming them.
+    the weighted sum without forming them: causal attention as written below, so after editing
+    these lines or `causal_mask`, switch the backend off (SANDBOX_FAST=0 or reference_only()).
     """
 
     def __init__(self, d_model: int, n_heads: int, d_head: int, n_ctx: int, init_std: float = 0.02) -> None:

@@ -22,12 +22,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-# What a backend may take over, and the module whose forward holds the reference:
-# "linear" (Linear), "relu" (ReLU), "gelu" (GELU), "linear_activation" (MLP's linear_in and
-# activation, when nobody reads the pre-activations), "layer_norm" (LayerNorm, when nobody reads
-# its scale), "causal_attention" (Attention's scores to weighted sum, when nobody reads the
-# scores or the pattern).
-OPERATIONS = ("linear", "relu", "gelu", "linear_activation", "layer_norm", "causal_attention")
+# What a backend may take over, and the module whose forward holds the reference: "linear"
+# (Linear), "gelu" (GELU), "layer_norm" (LayerNorm, when nobody reads its scale),
+# "causal_attention" (Attention's scores to weighted sum, when nobody reads the scores or the
+# pattern).
+OPERATIONS = ("linear", "gelu", "layer_norm", "causal_attention")
 
 
 def _process_setting() -> bool:
@@ -48,6 +47,11 @@ def register(name: str, fn: Callable[..., object]) -> None:
     if name not in OPERATIONS:
         raise ValueError(f"unknown operation {name!r}; a backend may register {list(OPERATIONS)}")
     _REGISTERED[name] = fn
+
+
+def unregister(name: str) -> None:
+    """Let operation `name` run the modules' own code for this process (for measuring what a backend saves)."""
+    _REGISTERED.pop(name, None)
 
 
 def fast(name: str) -> Callable[..., object] | None:

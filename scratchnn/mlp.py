@@ -5,7 +5,6 @@ from typing import Literal
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from scratchnn import backend
 from scratchnn.activations import GELU, Flatten, ReLU
 from scratchnn.hooks import HookPoint
 from scratchnn.linear import Linear
@@ -71,7 +70,6 @@ class MLP(nn.Module):
         super().__init__()
         if act_fn not in ACTIVATIONS:
             raise ValueError(f"act_fn must be one of {sorted(ACTIVATIONS)}, got {act_fn!r}")
-        self.act_fn = act_fn
         self.linear_in = Linear(d_model, d_mlp, init_std=init_std)
         self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
         self.act = ACTIVATIONS[act_fn]()
@@ -79,12 +77,9 @@ class MLP(nn.Module):
         self.linear_out = Linear(d_mlp, d_model, init_std=init_std)
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        fused = backend.fast("linear_activation")
-        if fused and not self.hook_pre.is_listened():  # nobody reads the pre-activations: they need not be stored
-            post = fused(x, self.linear_in.weight, self.linear_in.bias, self.act_fn)
-        else:
-            post = self.act(self.hook_pre(self.linear_in(x)))
-        return self.linear_out(self.hook_post(post))
+        pre = self.hook_pre(self.linear_in(x))
+        post = self.hook_post(self.act(pre))
+        return self.linear_out(post)
 
     @property
     def W_in(self) -> Float[Tensor, "d_model d_mlp"]:

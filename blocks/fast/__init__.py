@@ -6,9 +6,8 @@ it is fast. What it registers, and where each applies:
 
 - "causal_attention": our C++ kernel on x86-64 Linux CPUs with AVX-512 (float32, d_head a
   multiple of 16), else torch's scaled_dot_product_attention (blocks.fast.attention);
-- "linear": oneDNN's linear primitive on x86-64 CPUs in float32, else torch.addmm, and
-  "linear_activation": the same with the MLP's activation inside the matmul (blocks.fast.linear);
-- "layer_norm", "gelu", "relu": torch's fused kernels, one pass each.
+- "linear": oneDNN's linear primitive on x86-64 CPUs in float32, else torch.addmm (blocks.fast.linear);
+- "layer_norm", "gelu": torch's fused kernels, one pass each.
 
 Switch it all off for a process with the environment variable SANDBOX_FAST=0, or for a block
 of code with `scratchnn.backend.reference_only()`; then only the modules' own code runs.
@@ -36,14 +35,7 @@ def layer_norm(
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
-FUNCTIONS = {
-    "linear": linear.linear,
-    "linear_activation": linear.linear_activation,
-    "relu": F.relu,
-    "gelu": F.gelu,
-    "layer_norm": layer_norm,
-    "causal_attention": causal_attention,
-}
+FUNCTIONS = {"linear": linear.linear, "gelu": F.gelu, "layer_norm": layer_norm, "causal_attention": causal_attention}
 
 
 def register() -> None:
@@ -61,14 +53,12 @@ def status() -> dict[str, str]:
         "causal_attention": "our C++ kernel for float32 CPU tensors with d_head a multiple of 16, SDPA elsewhere"
         if kernel is None
         else f"torch's SDPA ({kernel})",
-        "linear": "oneDNN's linear for float32 CPU tensors, addmm elsewhere"
+        "linear": f"oneDNN's linear for contiguous float32 CPU tensors (with gradients, from {linear.MIN_MACS_WITH_GRAD:,}"
+        " multiply-adds up), torch.addmm elsewhere"
         if linear.onednn_available()
         else "torch.addmm",
-        "linear_activation": "oneDNN's linear with the activation inside, without gradients, for float32 CPU tensors; "
-        "linear, then the activation, elsewhere",
         "layer_norm": "torch.nn.functional.layer_norm",
         "gelu": "torch.nn.functional.gelu",
-        "relu": "torch.nn.functional.relu",
     }
 
 

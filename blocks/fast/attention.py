@@ -18,6 +18,7 @@ is in use here, and if not, why.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import subprocess
@@ -61,12 +62,12 @@ def causal_attention(
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # SDPA's layout: [batch, n_heads, pos, d_head]
-    if (
-        transforms_active()
-    ):  # the CPU flash kernel has no forward-mode derivative and no vmap rule; the math backend has both
-        with sdpa_kernel(SDPBackend.MATH):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+    # the CPU flash kernel has no forward-mode derivative and no vmap rule; the math backend has both
+    with sdpa_kernel(SDPBackend.MATH) if transforms_active() else contextlib.nullcontext():
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    # a copy in [batch, pos, n_heads, d_head] (the next op needs that layout anyway), not a view of what SDPA keeps
+    # for its backward: a hook on hook_z may edit it in place
+    return out.transpose(1, 2).clone(memory_format=torch.contiguous_format)
 
 
 def _kernel_applies(q: Tensor, k: Tensor, v: Tensor) -> bool:
@@ -86,15 +87,18 @@ class _KernelAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # type: ignore[override]
         out, lse = _forward(q, k, v)
-        ctx.save_for_backward(q, k, v, out, lse)
+        # the backward reads the output as computed; a hook on hook_z may edit the returned one in place
+        ctx.save_for_backward(q, k, v, out.clone(), lse)
         return out
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         q, k, v, out, lse = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: differentiate SDPA's math path, whose gradients have gradients
+            wanted = [t for t, need in zip((q, k, v), ctx.needs_input_grad) if need]
             with sdpa_kernel(SDPBackend.MATH):
-                return torch.autograd.grad(_sdpa(q, k, v), (q, k, v), grad_out, create_graph=True)
+                grads = iter(torch.autograd.grad(_sdpa(q, k, v), wanted, grad_out, create_graph=True))
+            return tuple(next(grads) if need else None for need in ctx.needs_input_grad)
         return _backward(q, k, v, out, lse, grad_out)
 
 

@@ -5,10 +5,10 @@ emits), with the bias added inside the matmul, forward and for the input's gradi
 gradient stays with MKL. With gradients, only for matmuls of at least MIN_MACS_WITH_GRAD
 multiply-adds: below that the Python autograd Function around oneDNN costs more than it saves
 (the crossover lies between 4 and 17 million here; a transformer layer at batch 64 x 128 has
-134 million or more, an MNIST layer 26 million or fewer). Without gradients it also applies the
-MLP's activation inside the matmul (`linear_activation`). Everywhere else `torch.addmm`, which
+134 million or more, an MNIST layer 26 million or fewer). Everywhere else `torch.addmm`, which
 also adds the bias inside the matmul: CUDA, other dtypes, CPU autocast, torch.compile,
-forward-mode AD, torch.func transforms, builds without oneDNN. benchmarks/RESULTS.md has what
+forward-mode AD, torch.func transforms, builds without oneDNN, and operands that are not
+contiguous (oneDNN reads a strided tensor as if it were not). benchmarks/RESULTS.md has what
 each is worth.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import platform
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
@@ -25,7 +24,6 @@ from blocks.fast.applies import plain_cpu_float32
 
 _AVAILABLE: bool | None = None  # probed on first use
 MIN_MACS_WITH_GRAD = 2**24  # rows * d_in * d_out; `python benchmarks/bench_backend.py --linear` shows the crossover
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}  # torch's one-pass kernels of scratchnn's ReLU and (erf) GELU
 
 
 def linear(
@@ -34,23 +32,13 @@ def linear(
     """x @ weight.T + bias, with the bias added inside the matmul."""
     flat = x.reshape(-1, x.shape[-1])
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    if _use_onednn(x, weight) and (not grad or flat.shape[0] * weight.numel() >= MIN_MACS_WITH_GRAD):
+    if _use_onednn(flat, weight, bias) and (not grad or flat.shape[0] * weight.numel() >= MIN_MACS_WITH_GRAD):
         out = _OneDNNLinear.apply(flat, weight, bias)
     elif bias is None:
         out = flat @ weight.T
     else:
         out = torch.addmm(bias, flat, weight.T)
     return out.view(*x.shape[:-1], weight.shape[0])
-
-
-def linear_activation(
-    x: Float[Tensor, "*batch d_in"], weight: Float[Tensor, "d_out d_in"], bias: Float[Tensor, " d_out"], act: str
-) -> Float[Tensor, "*batch d_out"]:
-    """act(x @ weight.T + bias), `act` "relu" or "gelu"; without gradients, inside oneDNN's matmul where it applies."""
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias))
-    if grad or not _use_onednn(x, weight):  # the activation's backward needs its input: a pass of its own
-        return ACTIVATIONS[act](linear(x, weight, bias))
-    return _onednn(x.reshape(-1, x.shape[-1]), weight, bias, act).view(*x.shape[:-1], weight.shape[0])
 
 
 def onednn_available() -> bool:
@@ -70,21 +58,18 @@ def onednn_available() -> bool:
     return _AVAILABLE
 
 
-def _use_onednn(x: Tensor, weight: Tensor) -> bool:
+def _use_onednn(flat: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    operands = (flat, weight) if bias is None else (flat, weight, bias)
     return (
-        plain_cpu_float32(x, weight)
-        and weight.is_contiguous()  # a strided view of a weight sends oneDNN to its reference kernel: far slower
-        and not x.is_sparse
+        plain_cpu_float32(*operands)
+        and all(t.is_contiguous() and not t.is_sparse for t in operands)
         and onednn_available()
     )
 
 
-def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None, act: str = "none") -> Tensor:
-    """act(x @ weight.T + bias) by oneDNN's linear primitive, which takes the weight as [d_out, d_in].
-
-    `act` is "none", "relu" or "gelu"; for GELU, algorithm "none" is the exact (erf) GELU, "tanh" the approximation.
-    """
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, act, [], "none" if act == "gelu" else "")
+def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x @ weight.T + bias by oneDNN's linear primitive, which takes the weight as [d_out, d_in]."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -107,6 +92,6 @@ class _OneDNNLinear(torch.autograd.Function):
         if need_x and torch.is_grad_enabled():  # create_graph=True: a differentiable op, so a second backward works
             grad_x = grad @ weight
         elif need_x:
-            grad_x = _onednn(grad, weight.T.contiguous(), None)  # grad @ weight
+            grad_x = _onednn(grad.contiguous(), weight.T.contiguous(), None)  # grad @ weight
         grad_w = grad.T @ x if need_w else None
         return grad_x, grad_w, grad.sum(0) if need_b else None
