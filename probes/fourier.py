@@ -134,3 +134,9 @@ def fourier_figure(summary: FourierSummary) -> go.Figure:
         title=f"key frequencies {summary.key_frequencies}: {summary.explained:.0%} of MLP variance", showlegend=False
     )
     return fig
+
+
+if __name__ == "__main__":  # python -m probes.fourier: the probe script of this module (probes/scripts/fourier.py)
+    from probes.scripts.fourier import main
+
+    main()

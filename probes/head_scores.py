@@ -154,3 +154,11 @@ def head_scores_over_steps_figure(
         title=f"{score} score over training", xaxis_title="step", yaxis_title="head", yaxis_autorange="reversed"
     )
     return fig
+
+
+if (
+    __name__ == "__main__"
+):  # python -m probes.head_scores: the probe script of this module (probes/scripts/head_scores.py)
+    from probes.scripts.head_scores import main
+
+    main()

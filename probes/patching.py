@@ -262,3 +262,9 @@ def patching_figure(
         yaxis_autorange="reversed",
     )
     return fig
+
+
+if __name__ == "__main__":  # python -m probes.patching: the probe script of this module (probes/scripts/patching.py)
+    from probes.scripts.patching import main
+
+    main()

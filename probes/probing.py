@@ -224,3 +224,9 @@ def probe_figure(trained: LayerProbes, random: LayerProbes | None = None, title:
         title=title, xaxis_title="residual stream", yaxis_title="test accuracy", yaxis_range=[-0.05, 1.05]
     )
     return fig
+
+
+if __name__ == "__main__":  # python -m probes.probing: the probe script of this module (probes/scripts/probing.py)
+    from probes.scripts.probing import main
+
+    main()

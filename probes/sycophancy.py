@@ -388,3 +388,11 @@ def intervention_figure(before: dict[str, float], after: dict[str, float], title
     )
     fig.update_layout(title=title, barmode="group", yaxis_range=[0, 1.05])
     return fig
+
+
+if (
+    __name__ == "__main__"
+):  # python -m probes.sycophancy: the probe script of this module (probes/scripts/sycophancy.py)
+    from probes.scripts.sycophancy import main
+
+    main()

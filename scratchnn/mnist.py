@@ -152,8 +152,8 @@ def linear_decay(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.op
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total_steps))
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m scratchnn.mnist", description=__doc__.split("\n")[0])
+def _parse(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--lr", type=float, default=DEFAULT_LR, help="Adam's initial learning rate (decays linearly to 0)")
@@ -177,8 +177,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "python -m scratchnn.mnist") -> int:
+    args = _parse(argv, prog)
     try:
         device = pick_device(args.device)
         t0 = time.perf_counter()

@@ -23,11 +23,17 @@ ORDER = {name: i for i, (name, _) in enumerate(ROOMS)}
 
 
 def room_of(module: str) -> str | None:
-    """The most specific room whose name is the module or a prefix of it (blocks.train is training's alias)."""
+    """The most specific room whose name is the module or a prefix of it.
+
+    `python -m` aliases are entry points and sit with what they run: blocks.train with training,
+    a package's __main__ with the scripts.
+    """
     if module == "app":
         return "views"
     if module == "blocks.train":
         return "blocks.training"
+    if module.endswith(".__main__"):
+        return "probes.scripts"
     matches = [name for name in ORDER if module == name or module.startswith(name + ".")]
     return max(matches, key=len) if matches else None
 
@@ -42,9 +48,18 @@ def modules() -> list[tuple[str, Path]]:
 
 
 def imports(path: Path) -> list[tuple[str, list[str]]]:
-    """(imported module, names taken from it) for every import of ours in the file."""
+    """(imported module, names taken from it) for every import of ours in the file.
+
+    An `if __name__ == "__main__":` block is an entry point (`python -m probes.patching` runs the
+    module's script) and may import from any room, so its imports are left out.
+    """
     out = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    entry_blocks = [node for node in tree.body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)]
+    skipped = {id(n) for block in entry_blocks for n in ast.walk(block)}
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             out += [(alias.name, []) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):

@@ -126,9 +126,9 @@ def build(task_name: str, options: dict[str, Any]) -> tuple[Task, TransformerCon
     return task, model_cfg, TrainConfig.from_dict(train)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m blocks.train") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m blocks.train",
+        prog=prog,
         description=__doc__.split("\n")[0],
         epilog="any other --key value sets a model, trainer or task option",
     )

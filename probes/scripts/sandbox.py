@@ -36,10 +36,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "train":
         from blocks.training.cli import main as train
 
-        with program("sandbox train"):
-            return train(rest)
+        return train(rest, prog="sandbox train")
     if command == "probe":
-        if not rest or rest[0] not in PROBES:
+        if not rest or rest[0] in ("-h", "--help"):
+            print(f"usage: sandbox probe NAME --run RUN --out OUT [options]; `sandbox probe NAME --help` for one's "
+                  f"options\nprobe scripts: {', '.join(PROBES)}", file=sys.stdout if rest else sys.stderr)  # fmt: skip
+            return 0 if rest else 2
+        if rest[0] not in PROBES:
             got = repr(rest[0]) if rest else "nothing"
             print(f"error: sandbox probe takes one of {', '.join(PROBES)}, got {got}", file=sys.stderr)
             return 2
@@ -51,8 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import blocks.fast  # noqa: F401  (the fast backend; `python -m scratchnn.mnist` runs the modules' own code)
         from scratchnn.mnist import main as mnist
 
-        with program("sandbox mnist"):
-            return mnist(rest)
+        return mnist(rest, prog="sandbox mnist")
     if command == "app":
         return app(rest)
     if command == "backend":

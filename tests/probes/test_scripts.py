@@ -15,6 +15,7 @@ from blocks.training.runs import load_run
 from blocks.training.trainer import Trainer
 from probes.head_scores import THRESHOLD, repeated_tokens
 from probes.head_scores import head_scores as library_head_scores
+from probes.patching import logit_diff_metric, patch_by_layer_pos
 from probes.probing import IGNORE
 from probes.scripts import fourier, head_scores, information_flow, patching, probing
 
@@ -97,7 +98,14 @@ def test_patching_and_flow(runs, tmp_path, capsys):
         ]
     )  # the bodies get the resolved device
     data = _json(tmp_path / "patching.json")
-    assert len(data["results"]["resid_pre"]["values"]) == 2  # layers
+    model, tokenizer = load_run(runs["induction"]).model, load_run(runs["induction"]).tokenizer
+    clean, corrupted = (torch.tensor([tokenizer.encode(p)]) for p in ("BOS 1 2 3 1 2", "BOS 1 2 4 1 2"))
+    metric = logit_diff_metric(tokenizer.id("3"), tokenizer.id("4"))
+    for kind in ("resid_pre", "attn_out"):
+        expected = patch_by_layer_pos(model, clean, corrupted, metric, kind)
+        torch.testing.assert_close(torch.tensor(data["results"][kind]["values"]), expected.values, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        assert data["clean_metric"] == pytest.approx(float(metric(model(clean))), abs=1e-5)
     assert len(data["results"]["heads_by_pos"]["values"][0][0]) == 6  # positions
     assert (tmp_path / "patching_heads_by_pos.html").exists()
     information_flow.main(
@@ -196,6 +204,6 @@ def test_the_installed_command_and_the_module_forms_start(tmp_path):
     bin_dir = Path(sys.executable).parent
     done = subprocess.run([str(bin_dir / "sandbox"), "backend"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.splitlines()[0].startswith("causal_attention")
-    for module in ("probes.scripts.fourier", "blocks.train"):
+    for module in ("probes.scripts.fourier", "probes.patching", "probes.information_flow", "blocks.train"):
         helped = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
         assert helped.returncode == 0 and "usage:" in helped.stdout, helped.stderr[-1000:]
