@@ -10,7 +10,7 @@ import streamlit as st
 from blocks.fast import keep_freed_memory
 from views.common import STATE_KEYS
 
-keep_freed_memory()  # idempotent; see blocks/runtime.py
+keep_freed_memory()  # idempotent; see blocks/fast/memory.py
 
 st.set_page_config(page_title="Transformer sandbox", layout="wide")
 

@@ -4,10 +4,10 @@
     TL_PYTHON=/path/to/venv/bin/python python benchmarks/bench_transformer.py
 
 TransformerLens lives in its own virtual environment (it pins its own dependencies; version
-4 removed HookedTransformer): python3 -m venv /work/tlvenv && /work/tlvenv/bin/pip install
+4 removed HookedTransformer): python3 -m venv .tlvenv && .tlvenv/bin/pip install
 torch==2.13.0 transformer-lens==2.18.0 "datasets<3" "pyarrow<18". When this script is not
 already running under a python that has transformer_lens, it re-executes itself with
-$TL_PYTHON (default /work/tlvenv/bin/python) and the repository on sys.path, so both models
+$TL_PYTHON (default .tlvenv/bin/python in the repository) and the repository on sys.path, so both models
 run in one process on the same torch build. Without TransformerLens it measures ours alone.
 
 Measured on CPU, float32, under torch.no_grad(), medians of interleaved repeats:
@@ -39,7 +39,7 @@ try:
     HAVE_TL = True
 except ImportError:
     HAVE_TL = False
-    tl_python = os.environ.get("TL_PYTHON", "/work/tlvenv/bin/python")
+    tl_python = os.environ.get("TL_PYTHON", str(REPO / ".tlvenv" / "bin" / "python"))
     if Path(tl_python).is_file() and not os.environ.get("BENCH_NO_REEXEC"):
         os.environ["BENCH_NO_REEXEC"] = "1"  # never loop if that python lacks it too
         os.execv(tl_python, [tl_python, __file__, *sys.argv[1:]])

@@ -7,7 +7,7 @@ from blocks.config import TransformerConfig
 from scratchnn import MLP, Attention, HookPoint, LayerNorm
 
 
-def layer_norm(cfg: TransformerConfig) -> nn.Module:
+def normalization(cfg: TransformerConfig) -> nn.Module:
     """The config's normalisation: a LayerNorm, or nothing (an identity) for models without one."""
     return LayerNorm(cfg.d_model) if cfg.normalization == "LN" else nn.Identity()
 
@@ -19,12 +19,12 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
-        self.ln1 = layer_norm(cfg)
+        self.ln1 = normalization(cfg)
         self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.d_head, cfg.n_ctx, init_std=cfg.init_range)
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
         if not cfg.attn_only:
             self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
-            self.ln2 = layer_norm(cfg)
+            self.ln2 = normalization(cfg)
             self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn, init_std=cfg.init_range)
             self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from blocks.config import TransformerConfig
 from blocks.transformer import Transformer
-from blocks.weights import check_state_dict, load_tensors
+from blocks.weights import check_state_dict, check_tensors, load_tensors
 from scratchnn import LayerNorm
 
 # Buffers a HookedTransformer keeps in its state dict; we rebuild them, so they are skipped on import.
@@ -134,17 +134,7 @@ def load_into_views(
 ) -> None:
     """Copy each tensor of `state` into the view of the same name; one error lists missing, unexpected and misshapen keys."""
     given = {k: v for k, v in state.items() if not k.endswith(skip)}
-    missing = sorted(set(views) - set(given))
-    extra = sorted(set(given) - set(views))
-    misshapen = [
-        f"{k}: {tuple(given[k].shape)} in the {source}, {tuple(v.shape)} in the model"
-        for k, v in views.items()
-        if k in given and given[k].shape != v.shape
-    ]
-    problems = [f"missing keys {missing}"] * bool(missing) + [f"unexpected keys {extra}"] * bool(extra)
-    problems += ["wrong shapes: " + "; ".join(misshapen)] * bool(misshapen)
-    if problems:
-        raise ValueError(f"the {source} does not match the model: " + "; ".join(problems))
+    check_tensors(views, given, source)
     for name, view in views.items():
         view.copy_(given[name].to(torch.float32))
 
@@ -165,7 +155,7 @@ def is_earlier_layout(state: dict[str, Tensor]) -> bool:
 def upgrade_state_dict(
     state: dict[str, Tensor], cfg: TransformerConfig, source: str = "state dict"
 ) -> dict[str, Tensor]:
-    """A state dict in our earlier layout (also any per-parameter tensors, such as Adam's moments) in today's.
+    """A state dict in our earlier layout, in today's.
 
     The earlier layout is TransformerLens's but for the embeddings' and LayerNorms' names, so the
     tensors go through TransformerLens's names into a model's views and come out as its parameters.

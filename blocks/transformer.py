@@ -8,7 +8,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from blocks.block import TransformerBlock, layer_norm
+from blocks.block import TransformerBlock, normalization
 from blocks.cache import ActivationCache
 from blocks.config import TransformerConfig
 from scratchnn import Embedding, HookedModule, HookPoint, Linear
@@ -32,7 +32,7 @@ class Transformer(HookedModule):
         self.pos_embed = Embedding(cfg.n_ctx, cfg.d_model, init_std=cfg.init_range)
         self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
-        self.ln_final = layer_norm(cfg)
+        self.ln_final = normalization(cfg)
         self.unembed = Linear(cfg.d_model, cfg.d_vocab, init_std=cfg.init_range)
         self.setup_hooks()
 

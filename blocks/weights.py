@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +69,19 @@ def read_json(path: str | Path, what: str = "file") -> Any:
         raise ValueError(f"{path} is not valid JSON ({err}); it may be truncated or corrupt") from err
 
 
-def check_state_dict(model: nn.Module, state: dict[str, Tensor], source: str = "state dict") -> None:
+def check_state_dict(model: nn.Module, state: Mapping[str, Tensor], source: str = "state dict") -> None:
     """Raise one error listing missing, unexpected and misshapen keys against `model`'s own state dict."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
+    check_tensors(model.state_dict(), state, source)
+
+
+def check_tensors(expected: Mapping[str, Tensor], given: Mapping[str, Tensor], source: str) -> None:
+    """Raise one error listing the names `given` lacks, the names it has too many, and the shapes that differ."""
+    missing = sorted(set(expected) - set(given))
+    extra = sorted(set(given) - set(expected))
     misshapen = [
-        f"{k}: {tuple(state[k].shape)} in the {source}, {tuple(v.shape)} in the model"
+        f"{k}: {tuple(given[k].shape)} in the {source}, {tuple(v.shape)} in the model"
         for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
+        if k in given and given[k].shape != v.shape
     ]
     problems = []
     if missing:

@@ -3,9 +3,9 @@
 Run with the python of a separate virtual environment that holds TransformerLens (never the
 project's own; TransformerLens 4 removed HookedTransformer):
 
-    python3 -m venv /work/tlvenv
-    /work/tlvenv/bin/pip install torch==2.13.0 transformer-lens==2.18.0 "datasets<3" "pyarrow<18"
-    /work/tlvenv/bin/python scripts/make_tl_fixtures.py
+    python3 -m venv .tlvenv
+    .tlvenv/bin/pip install torch==2.13.0 transformer-lens==2.18.0 "datasets<3" "pyarrow<18"
+    .tlvenv/bin/python scripts/make_tl_fixtures.py
 
 For each small configuration it writes tests/fixtures/tl/NAME.config.json (the
 HookedTransformerConfig fields that are JSON) and NAME.safetensors holding the model's state

@@ -6,7 +6,7 @@ fresh pages for the next pass, so every pass pays a page fault per 4 KB touched.
 threshold cannot rise above 32 MB, exactly the size of a 4-layer d_model 256 model's MLP
 activations at that batch, so the threshold alone does not help there: malloc is told never to
 mmap (its heap still falls back to mmap when it cannot grow) and never to trim.
-`python benchmarks/profile_model.py --malloc keep` and `--malloc threshold` measure the difference.
+`python benchmarks/bench_backend.py --malloc` measures the difference.
 """
 
 from __future__ import annotations

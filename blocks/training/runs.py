@@ -3,7 +3,7 @@
 Layout of `runs/NAME/`:
 `config.json` = {"model": TransformerConfig dict, "task": {"name", "options"}, "train": {...},
 "tokenizer": Tokenizer dict}; `checkpoints/step_000123.safetensors` (weights; optimizer state
-beside it, see blocks.checkpoints); `metrics.jsonl` (one JSON object per line, each with "step").
+beside it, see blocks.training.checkpoints); `metrics.jsonl` (one JSON object per line, each with "step").
 """
 
 from __future__ import annotations

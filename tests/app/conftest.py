@@ -66,7 +66,8 @@ def make_run(path: Path, attn_only: bool, seed: int = 0) -> Path:
 def make_task_run(path: Path, name: str, options: dict, seed: int = 0, **model: object) -> Path:
     """A run of task `name` whose model is `model` (TransformerConfig fields) on the task's vocabulary and length.
 
-    Head scores are logged the way blocks.trainer does: only when the context fits [BOS] + r + r with r >= 4.
+    Head scores are logged as the trainer logs them (Task.head_scores): only when the context fits [BOS] + r + r
+    with r >= 4.
     """
     task = get_task(name, **options)
     cfg = TransformerConfig(d_vocab=task.tokenizer.d_vocab, n_ctx=task.seq_len, **model)

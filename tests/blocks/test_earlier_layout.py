@@ -48,22 +48,45 @@ def test_resuming_an_earlier_run_is_refused_and_changes_nothing(
     assert {p.name: p.read_bytes() for p in earlier_run.rglob("*") if p.is_file()} == before
 
 
+def earlier_layout(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict as the earlier version stored it, written out here by hand (not through the views)."""
+    h, d_head = model.cfg.n_heads, model.cfg.d_head
+    mlp_and_unembed = {"linear_in.weight": "W_in", "linear_in.bias": "b_in", "linear_out.weight": "W_out",
+                       "linear_out.bias": "b_out", "unembed.weight": "unembed.W_U", "unembed.bias": "unembed.b_U"}  # fmt: skip
+    state: dict[str, torch.Tensor] = {}
+    for name, value in model.state_dict().items():
+        if ".attn." in name:
+            # query.weight [(n_heads d_head), d_model] -> W_Q [n_heads, d_model, d_head];
+            # output.weight [d_model, (n_heads d_head)] -> W_O [n_heads, d_head, d_model]
+            prefix, rest = name.split(".attn.")
+            linear, kind = rest.split(".")
+            letter = {"query": "Q", "key": "K", "value": "V", "output": "O"}[linear]
+            if kind == "bias":
+                state[f"{prefix}.attn.b_{letter}"] = value if letter == "O" else value.view(h, d_head)
+            elif letter == "O":
+                state[f"{prefix}.attn.W_O"] = value.view(-1, h, d_head).permute(1, 2, 0)
+            else:
+                state[f"{prefix}.attn.W_{letter}"] = value.view(h, d_head, -1).transpose(1, 2)
+        elif key := next((k for k in mlp_and_unembed if name.endswith(k)), None):
+            state[name[: -len(key)] + mlp_and_unembed[key]] = value.T if value.dim() == 2 else value
+        else:
+            state[name] = value
+    return {k: v.contiguous() for k, v in state.items()}
+
+
 @pytest.mark.parametrize("config", CONFIGS)
 def test_upgrading_the_earlier_layout_gives_the_parameters_back_exactly(config: str) -> None:
     model = make_model(**CONFIGS[config])
-    renamed = {
-        "embed.W_E": "embed.weight",
-        "pos_embed.W_pos": "pos_embed.weight",
-    }  # TransformerLens's names -> earlier ones
-    earlier = {}
-    for key, value in to_transformer_lens(model).items():
-        if key.endswith(("attn.mask", "attn.IGNORE")):
-            continue
-        if key.endswith((".w", ".b")) and ".ln" in f".{key}":
-            key = key[:-1] + ("weight" if key.endswith(".w") else "bias")
-        earlier[renamed.get(key, key)] = value
-    assert is_earlier_layout(earlier)
+    earlier = earlier_layout(model)
+    assert is_earlier_layout(earlier) and "blocks.0.attn.W_Q" in earlier and "embed.weight" in earlier
     upgraded = upgrade_state_dict(earlier, model.cfg)
     assert upgraded.keys() == model.state_dict().keys()
     for name, value in model.state_dict().items():
         assert torch.equal(upgraded[name], value), name
+    # and the earlier layout is TransformerLens's (the views), but for the embeddings' and LayerNorms' names
+    tl = to_transformer_lens(model)
+    for name, value in earlier.items():
+        tl_name = {"embed.weight": "embed.W_E", "pos_embed.weight": "pos_embed.W_pos"}.get(name, name)
+        if ".ln" in f".{tl_name}" and tl_name.endswith((".weight", ".bias")):
+            tl_name = tl_name.rsplit(".", 1)[0] + (".w" if tl_name.endswith(".weight") else ".b")
+        assert torch.equal(tl[tl_name], value), name

@@ -100,8 +100,7 @@ inline void pack_block(Rows x, int64_t i0, int64_t rows, int64_t d_head, float s
 }
 
 // Asks for rows [i0, i0 + rows) of x (d_head floats each) to be brought into L2 ahead of use. Not into L1: the
-// current task's packed keys and scores fill most of its 32 KB, and prefetching into L1 too made attention in the
-// 4-layer model 5.8 ms a call against 5.2 (a throwaway in-model A/B).
+// current task's packed keys and scores fill most of its 32 KB, and prefetching into L1 too evicted them (slower).
 inline void prefetch_rows(Rows x, int64_t i0, int64_t rows, int64_t d_head) {
     for (int64_t r = 0; r < rows; r++)
         for (int64_t e = 0; e < d_head; e += 16) __builtin_prefetch(x.p + (i0 + r) * x.stride + e, 0, 2);
