@@ -4,6 +4,7 @@
     python benchmarks/bench_backend.py --sweep          # our attention kernel against SDPA at several shapes
     python benchmarks/bench_backend.py --malloc         # keep_freed_memory() against glibc's defaults
     python benchmarks/bench_backend.py --linear         # oneDNN against addmm by matmul size, with and without gradients
+    python benchmarks/bench_backend.py --mnist          # the MNIST classifier's training step, each function left out
 
 A function is kept only if leaving it out costs at least 5% of a forward or a training step.
 Each variant below leaves one thing out: the function unregistered (the module's own code runs
@@ -185,6 +186,32 @@ def linear_sizes(rounds: int) -> None:
         )
 
 
+def mnist_step(rounds: int) -> None:
+    """MNISTClassifier's Adam step (batch 128 of random images: the time does not depend on the data), 50 steps a round."""
+    from scratchnn import MNISTClassifier
+
+    torch.manual_seed(0)
+    model = MNISTClassifier()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    images, labels = torch.randn(128, 28, 28), torch.randint(0, 10, (128,))
+
+    def steps() -> None:
+        for _ in range(50):
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    variants = {"whole backend": {}, "linear: module's own code": {"linear": None},
+                "relu: module's own code": {"relu": None}, "nothing (SANDBOX_FAST=0)": dict.fromkeys(fast.FUNCTIONS)}  # fmt: skip
+    times = interleaved({name: (lambda v=variant: (use(v), steps())) for name, variant in variants.items()}, rounds)
+    use({})
+    print("| left out | MNIST training step us | x |")
+    print("|---|---|---|")
+    for name, t in times.items():
+        print(f"| {name} | {1e6 * t / 50:.0f} | {t / times['whole backend']:.3f} |")
+
+
 def malloc(rounds: int) -> None:
     """A plain 4-layer forward in two fresh processes: with keep_freed_memory() and with glibc's defaults."""
     print("| malloc | forward ms | minor page faults a forward |")
@@ -225,6 +252,7 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="our attention kernel against SDPA at several shapes")
     parser.add_argument("--malloc", action="store_true", help="keep_freed_memory() against glibc's defaults")
     parser.add_argument("--linear", action="store_true", help="oneDNN against addmm by matmul size")
+    parser.add_argument("--mnist", action="store_true", help="the MNIST classifier's training step")
     parser.add_argument("--malloc-child", choices=["keep", "glibc"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -238,6 +266,8 @@ def main() -> None:
         malloc(args.rounds)
     elif args.linear:
         linear_sizes(args.rounds)
+    elif args.mnist:
+        mnist_step(args.rounds)
     else:
         fast.keep_freed_memory()
         variant_table(args.rounds)

@@ -23,10 +23,10 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 # What a backend may take over, and the module whose forward holds the reference: "linear"
-# (Linear), "gelu" (GELU), "layer_norm" (LayerNorm, when nobody reads its scale),
-# "causal_attention" (Attention's scores to weighted sum, when nobody reads the scores or the
-# pattern).
-OPERATIONS = ("linear", "gelu", "layer_norm", "causal_attention")
+# (Linear), "relu" (ReLU), "gelu" (GELU), "layer_norm" (LayerNorm, when nobody reads its
+# scale), "causal_attention" (Attention's scores to weighted sum, when nobody reads the scores
+# or the pattern).
+OPERATIONS = ("linear", "relu", "gelu", "layer_norm", "causal_attention")
 
 
 def _process_setting() -> bool:

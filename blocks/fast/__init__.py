@@ -7,7 +7,8 @@ it is fast. What it registers, and where each applies:
 - "causal_attention": our C++ kernel on x86-64 Linux CPUs with AVX-512 (float32, d_head a
   multiple of 16), else torch's scaled_dot_product_attention (blocks.fast.attention);
 - "linear": oneDNN's linear primitive on x86-64 CPUs in float32, else torch.addmm (blocks.fast.linear);
-- "layer_norm", "gelu": torch's fused kernels, one pass each.
+- "layer_norm", "gelu", "relu": torch's fused kernels, one pass each (ReLU as F.threshold, whose
+  backward reads the input, not the output a hook may have edited in place).
 
 Switch it all off for a process with the environment variable SANDBOX_FAST=0, or for a block
 of code with `scratchnn.backend.reference_only()`; then only the modules' own code runs.
@@ -35,7 +36,18 @@ def layer_norm(
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
-FUNCTIONS = {"linear": linear.linear, "gelu": F.gelu, "layer_norm": layer_norm, "causal_attention": causal_attention}
+def relu(x: Tensor) -> Tensor:
+    """max(x, 0) in one pass; unlike torch.relu, its backward reads x, so a hook may edit the output in place."""
+    return F.threshold(x, 0.0, 0.0)
+
+
+FUNCTIONS = {
+    "linear": linear.linear,
+    "relu": relu,
+    "gelu": F.gelu,
+    "layer_norm": layer_norm,
+    "causal_attention": causal_attention,
+}
 
 
 def register() -> None:
@@ -59,6 +71,7 @@ def status() -> dict[str, str]:
         else "torch.addmm",
         "layer_norm": "torch.nn.functional.layer_norm",
         "gelu": "torch.nn.functional.gelu",
+        "relu": "torch.nn.functional.threshold at 0",
     }
 
 

@@ -103,6 +103,10 @@ def test_each_fast_function_runs_where_it_applies(monkeypatch: pytest.MonkeyPatc
     # per layer: query, key, value, output, linear_in and linear_out; then the unembedding
     assert calls == {"linear": 6 * layers + 1, "gelu": layers, "layer_norm": 2 * layers + 1, "causal_attention": layers}
     calls.clear()
+    with torch.no_grad():
+        make_model()(tokens)  # ReLU
+    assert calls["relu"] == layers and "gelu" not in calls
+    calls.clear()
     model.run_with_cache(tokens, names=["blocks.1.attn.hook_pattern", "ln_final.hook_scale"])
     # layer 1's attention and the final LayerNorm run their own code: someone reads what the fast ones skip
     assert calls == {"linear": 6 * layers + 1, "gelu": layers, "layer_norm": 2 * layers, "causal_attention": layers - 1}
