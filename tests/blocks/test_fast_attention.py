@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import blocks.fast.attention as ak
-from blocks.fast import build as kernel_library
+from blocks.fast import build
 
-BUILDS_HERE = kernel_library.unsupported() is None and shutil.which("g++") is not None
-needs_build = pytest.mark.skipif(not BUILDS_HERE, reason=f"no build here: {kernel_library.unsupported() or 'no g++'}")
+BUILDS_HERE = build.unsupported() is None and shutil.which("g++") is not None
+needs_build = pytest.mark.skipif(not BUILDS_HERE, reason=f"no build here: {build.unsupported() or 'no g++'}")
 builds = pytest.mark.slow  # compiles the kernel afresh into a temporary cache
 needs_kernel = pytest.mark.skipif(ak.kernel_status() is not None, reason=f"kernel unavailable: {ak.kernel_status()}")
 
@@ -42,7 +42,7 @@ def test_the_kernel_builds_wherever_it_was_measured() -> None:
     if BUILDS_HERE:  # CI's machine and this project's: a silent fallback would hide a broken kernel
         assert ak.kernel_status() is None
     else:  # elsewhere the status says why, in the words of the check that stopped it
-        assert (kernel_library.unsupported() or "compiler") in ak.kernel_status()
+        assert (build.unsupported() or "compiler") in ak.kernel_status()
 
 
 @needs_kernel
@@ -187,10 +187,10 @@ def test_without_a_working_compiler_it_says_why_and_uses_sdpa(compiler: str, fre
 @builds
 @needs_build
 def test_a_build_is_cached_per_source_and_reused(fresh_kernel_state) -> None:
-    first = kernel_library.build()
+    first = build.build()
     assert first.parent == fresh_kernel_state and first.is_file()
     stamp = first.stat().st_mtime_ns
-    assert kernel_library.build() == first and first.stat().st_mtime_ns == stamp  # found, not rebuilt
+    assert build.build() == first and first.stat().st_mtime_ns == stamp  # found, not rebuilt
     assert list(fresh_kernel_state.iterdir()) == [first]  # no half-built leftovers
 
 
@@ -211,17 +211,17 @@ def test_threads_calling_at_once_each_get_their_own_answer(torch_threads) -> Non
 @needs_build
 def test_a_library_in_a_folder_others_can_write_is_never_loaded(fresh_kernel_state, monkeypatch) -> None:
     """Anyone who can write the cache folder could plant code there: such a folder is skipped, also for the build."""
-    name = kernel_library.build().name  # into fresh_kernel_state, just to learn the name
+    name = build.build().name  # into fresh_kernel_state, just to learn the name
     monkeypatch.delenv("BLOCKS_KERNEL_CACHE")
     shared = fresh_kernel_state / "shared" / "blocks-kernels"
     shared.mkdir(parents=True)
     (shared / name).write_bytes(b"planted")
     shared.chmod(0o777)
     monkeypatch.setenv("XDG_CACHE_HOME", str(shared.parent))
-    monkeypatch.setattr(kernel_library.tempfile, "gettempdir", lambda: str(fresh_kernel_state / "tmp"))
-    built = kernel_library.build()
+    monkeypatch.setattr(build.tempfile, "gettempdir", lambda: str(fresh_kernel_state / "tmp"))
+    built = build.build()
     assert built.parent.parent == fresh_kernel_state / "tmp" and built.read_bytes() != b"planted"
-    kernel_library._declare(ctypes.CDLL(str(built)))  # a real library
+    build._declare(ctypes.CDLL(str(built)))  # a real library
 
 
 @builds
@@ -231,15 +231,15 @@ def test_an_unusable_cache_home_falls_back_to_the_temp_folder(fresh_kernel_state
     not_a_folder = fresh_kernel_state / "file"
     not_a_folder.write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(not_a_folder))
-    monkeypatch.setattr(kernel_library.tempfile, "gettempdir", lambda: str(fresh_kernel_state / "tmp"))
-    built = kernel_library.build()
+    monkeypatch.setattr(build.tempfile, "gettempdir", lambda: str(fresh_kernel_state / "tmp"))
+    built = build.build()
     assert built.parent == fresh_kernel_state / "tmp" / f"blocks-kernels-{os.getuid()}"
     assert built.parent.stat().st_mode & 0o777 == 0o700
 
 
 def test_a_cpu_without_avx512_uses_torch_quietly(fresh_kernel_state, monkeypatch, recwarn) -> None:
     """Built for AVX2 the kernels are far slower than torch's SDPA, so they are not built there, and nothing warns."""
-    monkeypatch.setattr(kernel_library, "_cpu", lambda: "model name : an AVX2 CPU\nflags : fpu sse avx avx2 fma")
+    monkeypatch.setattr(build, "_cpu", lambda: "model name : an AVX2 CPU\nflags : fpu sse avx avx2 fma")
     q, k, v = packed_qkv((2, 9, 2, 16)).unbind(2)
     torch.testing.assert_close(ak.causal_attention(q, k, v), explicit(q, k, v), atol=2e-6, rtol=1e-5)
     assert "avx512f" in ak.kernel_status()
