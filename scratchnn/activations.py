@@ -10,12 +10,12 @@ from scratchnn import backend
 
 
 class ReLU(nn.Module):
-    """max(x, 0), element-wise."""
+    """max(x, 0), element-wise: x where x is positive, else 0 (so the slope at exactly 0 is 0, as torch's)."""
 
     def forward(self, x: Float[Tensor, "*shape"]) -> Float[Tensor, "*shape"]:
         if fast := backend.fast("relu"):
             return fast(x)
-        return x.clamp(min=0.0)
+        return torch.where(x > 0, x, 0.0)
 
 
 class GELU(nn.Module):

@@ -46,7 +46,9 @@ class HookPoint(nn.Module):
         self.name: str = ""
 
     def is_listened(self) -> bool:
-        """True when the current scope has a forward or backward hook on this point."""
+        """True when the current scope has a forward or backward hook on this point, or torch's own hooks are on it."""
+        if self._forward_hooks or self._forward_pre_hooks:  # register_forward_hook on the point itself
+            return True
         scope = _ACTIVE.get()
         return scope is not None and self.name in scope.listened_names
 
@@ -66,6 +68,8 @@ class HookPoint(nn.Module):
                 x = out
         bwd = scope.bwd.get(self.name)
         if bwd and x.requires_grad:
+            if x._base is not None:  # torch cannot hook a view that a forward hook edited in place: hook a copy
+                x = x.clone()
             x.register_hook(_grad_hook(scope, bwd, self))
         return x
 

@@ -12,6 +12,12 @@ def transforms_active() -> bool:
     return forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()
 
 
+def batched(t: Tensor) -> bool:
+    """True for a tensor vmap wraps (torch.func's, or the older one behind autograd's is_grads_batched), which has
+    no storage a kernel could read."""
+    return torch._C._functorch.is_batchedtensor(t) or torch._C._functorch.is_legacy_batchedtensor(t)
+
+
 def plain_cpu_float32(*tensors: Tensor) -> bool:
     """True for float32 CPU tensors outside anything a kernel called directly would bypass: autocast's lower
     precision, torch.compile (inductor cannot lower the call and fuses on its own), forward-mode AD and torch.func

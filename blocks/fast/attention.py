@@ -32,9 +32,9 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from blocks.fast import build
-from blocks.fast.applies import plain_cpu_float32, transforms_active
+from blocks.fast.applies import batched, plain_cpu_float32, transforms_active
 
-MAX_POS_WITH_GRAD = 2048  # the backward keeps two [pos, pos] float tables per thread: 32 MB each at 2,048
+MAX_POS_WITH_GRAD = 2048  # the backward keeps two [pos, pos] float tables per thread: 16 MiB each at 2,048
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -94,11 +94,19 @@ class _KernelAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         q, k, v, out, lse = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: differentiate SDPA's math path, whose gradients have gradients
-            wanted = [t for t, need in zip((q, k, v), ctx.needs_input_grad) if need]
-            with sdpa_kernel(SDPBackend.MATH):
-                grads = iter(torch.autograd.grad(_sdpa(q, k, v), wanted, grad_out, create_graph=True))
-            return tuple(next(grads) if need else None for need in ctx.needs_input_grad)
+        if torch.is_grad_enabled() or batched(grad_out):
+            # create_graph=True, or batched gradients (a vmap over grad_out): differentiate SDPA's math path instead,
+            # whose gradients have gradients and which takes batched tensors
+            create_graph = torch.is_grad_enabled()
+            needs = ctx.needs_input_grad
+            inputs = (
+                (q, k, v) if create_graph else tuple(t.detach().requires_grad_(n) for t, n in zip((q, k, v), needs))
+            )
+            with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+                attended = _sdpa(*inputs)
+            wanted = [t for t, need in zip(inputs, needs) if need]
+            grads = iter(torch.autograd.grad(attended, wanted, grad_out, create_graph=create_graph))
+            return tuple(next(grads) if need else None for need in needs)
         return _backward(q, k, v, out, lse, grad_out)
 
 

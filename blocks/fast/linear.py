@@ -3,10 +3,10 @@
 On x86-64 CPUs in float32, oneDNN's linear primitive (the kernel torch.compile's CPU backend
 emits), with the bias added inside the matmul, forward and for the input's gradient; the weight's
 gradient stays with MKL. With gradients, only for matmuls of at least MIN_MACS_WITH_GRAD
-multiply-adds: below that the Python autograd Function around oneDNN costs more than it saves
-(the crossover lies between 17 and 34 million here, and an MNIST training step is 7% faster
-with its 26-million layer on addmm; a transformer layer at batch 64 x 128 has 134 million or
-more). Everywhere else `torch.addmm`, which
+multiply-adds: on small ones the Python autograd Function around oneDNN costs what it saves.
+Measured here (benchmarks/RESULTS.md): an MNIST training step, whose largest layer has 26
+million, ran 11% to 20% slower with oneDNN at every size, while a transformer layer at batch
+64 x 128 has 134 million or more and trains a third faster with it. Everywhere else `torch.addmm`, which
 also adds the bias inside the matmul: CUDA, other dtypes, CPU autocast, torch.compile,
 forward-mode AD, torch.func transforms, builds without oneDNN, and operands that are not
 contiguous (oneDNN reads a strided tensor as if it were not). benchmarks/RESULTS.md has what
@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from blocks.fast.applies import plain_cpu_float32
+from blocks.fast.applies import batched, plain_cpu_float32
 
 _AVAILABLE: bool | None = None  # probed on first use
 MIN_MACS_WITH_GRAD = 2**25  # rows * d_in * d_out; `python benchmarks/bench_backend.py --linear` shows the crossover
@@ -31,6 +31,8 @@ def linear(
     x: Float[Tensor, "*batch d_in"], weight: Float[Tensor, "d_out d_in"], bias: Float[Tensor, " d_out"] | None
 ) -> Float[Tensor, "*batch d_out"]:
     """x @ weight.T + bias, with the bias added inside the matmul."""
+    if bias is not None and (bias.shape != weight.shape[:1] or bias.dtype != weight.dtype):
+        return x @ weight.T + bias  # a bias that broadcasts or promotes: as the module's own line computes it
     flat = x.reshape(-1, x.shape[-1])
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     if _use_onednn(flat, weight, bias) and (not grad or flat.shape[0] * weight.numel() >= MIN_MACS_WITH_GRAD):
@@ -90,8 +92,10 @@ class _OneDNNLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
         grad_x = None
-        if need_x and torch.is_grad_enabled():  # create_graph=True: a differentiable op, so a second backward works
-            grad_x = grad @ weight
+        if need_x and (torch.is_grad_enabled() or batched(grad)):
+            grad_x = (
+                grad @ weight
+            )  # create_graph=True or batched gradients: a differentiable op that takes batched tensors
         elif need_x:
             grad_x = _onednn(grad.contiguous(), weight.T.contiguous(), None)  # grad @ weight
         grad_w = grad.T @ x if need_w else None

@@ -18,7 +18,8 @@ from scratchnn import backend
 from scratchnn.backend import reference_only
 
 REPO = Path(__file__).resolve().parents[2]
-COSTLY = ("hook_attn_scores", "hook_pattern", "hook_result")
+# listening to these makes a module run its own code (attention's, LayerNorm's) instead of the fast function
+SKIPPED_BY_FAST = ("hook_attn_scores", "hook_pattern", "hook_result", "hook_scale")
 
 
 def logits_and_grads(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -51,13 +52,15 @@ def test_fast_and_reference_give_the_same_logits_and_gradients(
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_fast_and_reference_give_the_same_activations(config: str) -> None:
-    """Every hook point but the costly three (whose listening forces the module's own attention code)."""
+    """Every hook point but the ones whose listening forces the module's own code (so the fast functions all run)."""
     model = make_model(**CONFIGS[config])
     tokens = tokens_for(model)
-    _, fast = model.run_with_cache(tokens, names=lambda n: not n.endswith(COSTLY))
+    _, fast = model.run_with_cache(tokens, names=lambda n: not n.endswith(SKIPPED_BY_FAST))
     with reference_only():
         _, ref = model.run_with_cache(tokens)
-    assert len(fast) == len(ref) - 3 * model.cfg.n_layers
+    assert len(fast) == len(ref) - sum(n.endswith(SKIPPED_BY_FAST) for n in ref) and any(
+        "hook_normalized" in n for n in fast
+    ) == (model.cfg.normalization == "LN")
     for name, act in fast.items():
         torch.testing.assert_close(act, ref[name], atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
 
@@ -151,8 +154,11 @@ def test_SANDBOX_FAST_0_runs_only_the_reference_code_for_the_whole_process() -> 
     done = run_python(code, SANDBOX_FAST="0")
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["False", "None", "False"]
-    bad = run_python("import scratchnn", SANDBOX_FAST="yes")
-    assert bad.returncode != 0 and "SANDBOX_FAST must be 0 (reference code only) or 1" in bad.stderr
+    bad = run_python("from blocks.training.cli import main; raise SystemExit(main(['--task', 'sort', '--steps', '1']))",
+                     SANDBOX_FAST="yes")  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: SANDBOX_FAST must be 0 (reference code only) or 1 (the default: use the fast backend), got 'yes'"
+    ]
 
 
 def test_a_module_swapped_in_runs_on_the_fast_path_too() -> None:
@@ -199,19 +205,59 @@ def zero_in_place(act: torch.Tensor, hook: object) -> None:
     act[..., 0] = 0.0  # an ablation that edits the activation it is given
 
 
-@pytest.mark.parametrize("point", ["attn.hook_z", "mlp.hook_post", "hook_attn_out"])
+@pytest.mark.parametrize("point", ["attn.hook_q", "attn.hook_z", "mlp.hook_pre", "mlp.hook_post", "hook_attn_out"])
 @pytest.mark.parametrize("config", ["ln_relu", "d_head_16"])
 def test_a_hook_that_edits_in_place_gives_the_same_gradients(point: str, config: str) -> None:
+    """Also with a backward hook on the same point (torch cannot hook an edited view: the point hooks a copy)."""
     model = make_model(**CONFIGS[config])
     tokens = tokens_for(model)
-    grads = []
+    grads, at_point = [], []
     for switch in (contextlib.nullcontext, reference_only):
         model.zero_grad(set_to_none=True)
-        with switch(), model.hooks(fwd=[(f"blocks.0.{point}", zero_in_place)]):
+        fwd, bwd = [(f"blocks.0.{point}", zero_in_place)], [(f"blocks.0.{point}", lambda g, h: at_point.append(g))]
+        with switch(), model.hooks(fwd=fwd, bwd=bwd):
             model(tokens).logsumexp(-1).sum().backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    torch.testing.assert_close(at_point[0], at_point[1], atol=1e-5, rtol=1e-5)
     for name, grad in grads[0].items():
         torch.testing.assert_close(grad, grads[1][name], atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_torch_hooks_on_a_hook_point_count_as_listening() -> None:
+    """register_forward_hook on the pattern (or the scale) makes the module compute it, with the backend on too."""
+    model = make_model(**CONFIGS["d_head_16"])
+    tokens = tokens_for(model)
+    fired: list[str] = []
+    points = model.hook_points()
+    handles = [
+        points[name].register_forward_hook(lambda mod, inputs, out, n=name: fired.append(n))
+        for name in ("blocks.0.attn.hook_pattern", "blocks.1.ln2.hook_scale")
+    ]
+    try:
+        with torch.no_grad():
+            model(tokens)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert fired == ["blocks.0.attn.hook_pattern", "blocks.1.ln2.hook_scale"]
+
+
+@pytest.mark.parametrize("config", ["ln_relu", "d_head_16"])
+def test_batched_gradients_through_the_model_agree(config: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """autograd's is_grads_batched (what jacobian(vectorize=True) uses) reaches the fast backwards with batched tensors."""
+    monkeypatch.setattr(blocks.fast.linear, "MIN_MACS_WITH_GRAD", 0)  # oneDNN's backward too
+    model = make_model(**CONFIGS[config])
+    tokens = tokens_for(model)
+    W_E = model.embed.weight.detach()
+
+    def last_logits(weight: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(model, {"embed.weight": weight}, (tokens,))[0, -1, :3]
+
+    fast = torch.autograd.functional.jacobian(last_logits, W_E, vectorize=True)
+    with reference_only():
+        ref = torch.autograd.functional.jacobian(last_logits, W_E, vectorize=True)
+    assert fast.abs().sum() > 0
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("needs", ["qkv", "q", "kv"])
@@ -249,6 +295,15 @@ def test_torch_compile_of_the_model_runs_and_agrees() -> None:
         "t = torch.randint(0, 13, (3, 7))\n"
         "with torch.no_grad():\n"
         "    print((torch.compile(m)(t) - m(t)).abs().max().item())\n"
+    )
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert float(done.stdout.strip().splitlines()[-1]) < 1e-5
+    # the chapter's classifier compiles into one graph: under torch.compile the backend steps aside
+    code = (
+        "import torch; import blocks; from scratchnn import MNISTClassifier\n"
+        "m = MNISTClassifier(); x = torch.randn(4, 28, 28)\n"
+        "print((torch.compile(m, fullgraph=True)(x) - m(x)).abs().max().item())\n"
     )
     done = run_python(code)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -72,7 +72,7 @@ def test_embedding_bad_ids() -> None:
 
 
 def test_activations_match_torch(code_path: str) -> None:
-    x = torch.linspace(-6, 6, 1000).requires_grad_()  # an even count: no point at exactly 0, where ReLU has no slope
+    x = torch.linspace(-6, 6, 1001).requires_grad_()  # an odd count: 0 is among the points, where ReLU's slope is 0
     for ours, ref in ((GELU(), nn.GELU()), (ReLU(), nn.ReLU())):
         x_ref = x.detach().clone().requires_grad_()
         torch.testing.assert_close(ours(x), ref(x_ref))
