@@ -10,9 +10,12 @@ import streamlit as st
 from blocks.fast import keep_freed_memory
 from views.common import STATE_KEYS
 
-keep_freed_memory()  # idempotent; see blocks/fast/memory.py
-
 st.set_page_config(page_title="Transformer sandbox", layout="wide")
+try:
+    keep_freed_memory()  # idempotent; see blocks/fast/memory.py
+except ValueError as err:  # a bad SANDBOX_FAST: say so, in one line
+    st.error(str(err))
+    st.stop()
 
 # Widget state is dropped when a page that owns the widget is not drawn; writing the keys
 # back each run keeps a person's choices (prompt, head, threshold...) across pages.

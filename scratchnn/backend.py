@@ -9,6 +9,7 @@ gets a function back, calls it instead of running its own lines.
 `fast` returns None, so that only the reference code runs:
 - when no backend registered that operation (scratchnn used on its own);
 - for the whole process, when the environment variable SANDBOX_FAST is 0;
+- under torch.compile, which compiles the modules' own code;
 - inside `with reference_only():`, for the code in that block (this thread or task only).
 
 A registered function must agree with the module's own code, values and gradients: blocks'
@@ -22,6 +23,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+import torch
+
 # What a backend may take over, and the module whose forward holds the reference: "linear"
 # (Linear), "relu" (ReLU), "gelu" (GELU), "layer_norm" (LayerNorm, when nobody reads its
 # scale), "causal_attention" (Attention's scores to weighted sum, when nobody reads the scores
@@ -29,17 +32,15 @@ from contextvars import ContextVar
 OPERATIONS = ("linear", "relu", "gelu", "layer_norm", "causal_attention")
 
 
-def _process_setting() -> bool:
-    value = os.environ.get("SANDBOX_FAST", "1").strip()
-    if value not in ("0", "1", ""):
-        raise ValueError(
-            f"SANDBOX_FAST must be 0 (reference code only) or 1 (the default: use the fast backend), got {value!r}"
-        )
-    return value != "0"
-
-
+_SETTING = os.environ.get("SANDBOX_FAST", "1").strip()
+# a bad value is reported where the backend is first asked (inside the command that runs), not at import
+_SETTING_ERROR = (
+    None
+    if _SETTING in ("0", "1", "")
+    else f"SANDBOX_FAST must be 0 (reference code only) or 1 (the default: use the fast backend), got {_SETTING!r}"
+)
 _REGISTERED: dict[str, Callable[..., object]] = {}
-_ON: ContextVar[bool] = ContextVar("scratchnn_backend_on", default=_process_setting())  # noqa: B039 (a bool)
+_ON: ContextVar[bool] = ContextVar("scratchnn_backend_on", default=_SETTING != "0")  # noqa: B039 (a bool)
 
 
 def register(name: str, fn: Callable[..., object]) -> None:
@@ -55,12 +56,19 @@ def unregister(name: str) -> None:
 
 
 def fast(name: str) -> Callable[..., object] | None:
-    """The registered function for operation `name`, or None where only the reference code may run."""
-    return _REGISTERED.get(name) if _ON.get() else None
+    """The registered function for operation `name`, or None where only the reference code may run.
+
+    Under torch.compile it is always None: the compiler traces the module's own code and fuses it itself.
+    """
+    if torch.compiler.is_compiling():
+        return None
+    return _REGISTERED.get(name) if is_on() else None
 
 
 def is_on() -> bool:
     """True where a registered fast function would run (the switch is on here)."""
+    if _SETTING_ERROR is not None:
+        raise ValueError(_SETTING_ERROR)
     return _ON.get()
 
 

@@ -145,9 +145,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m blocks.train") ->
     parser.add_argument("--overwrite", action="store_true", help="replace a different run already in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args, rest = parser.parse_known_args(argv)
-    keep_freed_memory()
     rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
+        keep_freed_memory()
         options = read_config_file(args.config) if args.config else {}
         options.update(parse_overrides(rest))
         task_name = args.task or options.pop("task", None)

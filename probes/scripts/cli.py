@@ -106,8 +106,8 @@ def main(
 ) -> None:
     """Parse arguments, load the run, call body(args, run); bad input exits with status 2 and one line."""
     args = p.parse_args(argv)
-    keep_freed_memory()
     try:
+        keep_freed_memory()
         # scoped, not torch.set_grad_enabled(False): main() is also called in-process (tests,
         # notebooks), and a global switch would leak into whatever runs next
         with torch.no_grad():

@@ -60,7 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "backend":
         from blocks import fast
 
-        for name, what in fast.status().items():
+        if rest:
+            print(f"error: sandbox backend takes no arguments, got {' '.join(rest)}", file=sys.stderr)
+            return 2
+        try:
+            status = fast.status()
+        except ValueError as err:  # a bad SANDBOX_FAST
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        for name, what in status.items():
             print(f"{name:18s} {what}")
         return 0
     print(f"error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
@@ -80,6 +88,10 @@ def program(name: str) -> Iterator[None]:
 
 def app(rest: list[str]) -> int:
     """Serve the Streamlit app on 127.0.0.1 (`--port N`, default 8501; other options go to the app: `--runs DIR`)."""
+    if "-h" in rest or "--help" in rest:
+        print("usage: sandbox app [--port N] [--runs DIR]\nserves the app on http://127.0.0.1:N (default 8501) "
+              "for the runs in DIR (default runs/)")  # fmt: skip
+        return 0
     if not APP.is_file():
         print(
             f"error: the app ({APP}) is not here; `sandbox app` runs from a checkout of the repository "
