@@ -136,7 +136,8 @@ def fourier_figure(summary: FourierSummary) -> go.Figure:
     return fig
 
 
-if __name__ == "__main__":  # python -m probes.fourier: the probe script of this module (probes/scripts/fourier.py)
+# `python -m probes.fourier` runs this module's probe script, probes/scripts/fourier.py
+if __name__ == "__main__":
     from probes.scripts.fourier import main
 
     main()

@@ -156,9 +156,8 @@ def head_scores_over_steps_figure(
     return fig
 
 
-if (
-    __name__ == "__main__"
-):  # python -m probes.head_scores: the probe script of this module (probes/scripts/head_scores.py)
+# `python -m probes.head_scores` runs this module's probe script, probes/scripts/head_scores.py
+if __name__ == "__main__":
     from probes.scripts.head_scores import main
 
     main()

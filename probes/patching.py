@@ -264,7 +264,8 @@ def patching_figure(
     return fig
 
 
-if __name__ == "__main__":  # python -m probes.patching: the probe script of this module (probes/scripts/patching.py)
+# `python -m probes.patching` runs this module's probe script, probes/scripts/patching.py
+if __name__ == "__main__":
     from probes.scripts.patching import main
 
     main()

@@ -226,7 +226,8 @@ def probe_figure(trained: LayerProbes, random: LayerProbes | None = None, title:
     return fig
 
 
-if __name__ == "__main__":  # python -m probes.probing: the probe script of this module (probes/scripts/probing.py)
+# `python -m probes.probing` runs this module's probe script, probes/scripts/probing.py
+if __name__ == "__main__":
     from probes.scripts.probing import main
 
     main()

@@ -390,9 +390,8 @@ def intervention_figure(before: dict[str, float], after: dict[str, float], title
     return fig
 
 
-if (
-    __name__ == "__main__"
-):  # python -m probes.sycophancy: the probe script of this module (probes/scripts/sycophancy.py)
+# `python -m probes.sycophancy` runs this module's probe script, probes/scripts/sycophancy.py
+if __name__ == "__main__":
     from probes.scripts.sycophancy import main
 
     main()

@@ -181,9 +181,8 @@ def _load() -> ctypes.CDLL | None:
 def _disagreement() -> str | None:
     """None if the kernel's values and gradients match SDPA's on a fixed case; otherwise what differed."""
     shape = (3, 2, 21, 2, 32)  # q, k, v; 21 positions: blocks of 8 rows and 16 keys with remainders
-    base = torch.sin(torch.arange(math.prod(shape), dtype=torch.float32) * 0.37).view(
-        shape
-    )  # fixed: no random stream moved
+    # fixed values: checking must not move the caller's random stream
+    base = torch.sin(torch.arange(math.prod(shape), dtype=torch.float32) * 0.37).view(shape)
     q, k, v = (t.clone().requires_grad_() for t in base)
     out = _KernelAttention.apply(q, k, v)
     grads = torch.autograd.grad((out * base[0]).sum(), (q, k, v))

@@ -6,11 +6,10 @@ gradient stays with MKL. With gradients, only for matmuls of at least MIN_MACS_W
 multiply-adds: on small ones the Python autograd Function around oneDNN costs what it saves.
 Measured here (benchmarks/RESULTS.md): an MNIST training step, whose largest layer has 26
 million, ran 11% to 20% slower with oneDNN at every size, while a transformer layer at batch
-64 x 128 has 134 million or more and trains a third faster with it. Everywhere else `torch.addmm`, which
-also adds the bias inside the matmul: CUDA, other dtypes, CPU autocast, torch.compile,
-forward-mode AD, torch.func transforms, builds without oneDNN, and operands that are not
-contiguous (oneDNN reads a strided tensor as if it were not). benchmarks/RESULTS.md has what
-each is worth.
+64 x 128 has 134 million or more and trains a third faster with it. Everywhere else
+`torch.addmm`, which also adds the bias inside the matmul: CUDA, other dtypes, CPU autocast,
+torch.compile, forward-mode AD, torch.func transforms, builds without oneDNN, and operands that
+are not contiguous (oneDNN reads a strided tensor as if it were not).
 """
 
 from __future__ import annotations
@@ -93,9 +92,8 @@ class _OneDNNLinear(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad
         grad_x = None
         if need_x and (torch.is_grad_enabled() or batched(grad)):
-            grad_x = (
-                grad @ weight
-            )  # create_graph=True or batched gradients: a differentiable op that takes batched tensors
+            # create_graph=True, or batched gradients: a differentiable op that takes batched tensors
+            grad_x = grad @ weight
         elif need_x:
             grad_x = _onednn(grad.contiguous(), weight.T.contiguous(), None)  # grad @ weight
         grad_w = grad.T @ x if need_w else None
