@@ -141,10 +141,15 @@ def load_into_views(
 
 def load_state_dict(model: Transformer, state: dict[str, Tensor], source: str = "state dict") -> None:
     """Load `state` into `model` after checking every key and shape; a state dict in our earlier layout is upgraded first."""
+    model.load_state_dict(checked_state_dict(model, state, source))
+
+
+def checked_state_dict(model: Transformer, state: dict[str, Tensor], source: str = "state dict") -> dict[str, Tensor]:
+    """`state` in today's layout (upgraded if it is in our earlier one), every key and shape checked against `model`."""
     if is_earlier_layout(state):
         state = upgrade_state_dict(state, model.cfg, source)
     check_state_dict(model, state, source)
-    model.load_state_dict(state)
+    return state
 
 
 def is_earlier_layout(state: dict[str, Tensor]) -> bool:

@@ -17,13 +17,13 @@ from typing import Any
 import torch
 
 from blocks.config import TransformerConfig
-from blocks.interop import is_earlier_layout, upgrade_state_dict
+from blocks.interop import checked_state_dict
 from blocks.tasks import get_task
 from blocks.tasks.base import Task, Tokenizer
 from blocks.training.checkpoints import CHECKPOINTS, checkpoint_files, checkpoint_steps
 from blocks.training.config import TrainConfig
 from blocks.transformer import Transformer
-from blocks.weights import atomic_write_bytes, check_state_dict, load_tensors, read_json
+from blocks.weights import atomic_write_bytes, load_tensors, read_json
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -172,11 +172,7 @@ def checkpoint_status(path: str | Path) -> list[tuple[int, str | None]]:
 
 def _read_weights(path: Path, step: int, model: Transformer) -> dict[str, torch.Tensor]:
     weights = checkpoint_files(path, step)[0]
-    state = load_tensors(weights)
-    if is_earlier_layout(state):  # a run saved before the model was made of scratchnn's Linear modules
-        state = upgrade_state_dict(state, model.cfg, source=str(weights))
-    check_state_dict(model, state, source=str(weights))
-    return state
+    return checked_state_dict(model, load_tensors(weights), source=str(weights))
 
 
 def build_task(config: dict[str, Any]) -> tuple[Task, Tokenizer]:

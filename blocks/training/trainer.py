@@ -235,14 +235,12 @@ class Trainer:
                 f"The last good checkpoint is step {last}; try a lower lr or more warm-up"
             )
         if self.rank == 0:
-            save_checkpoint(
-                self.out,
-                self.step,
-                self.model,
-                self.optimizer,
-                {"elapsed_s": self.elapsed, "milestone_step": self.milestone_step},
-            )
+            self._write_checkpoint()
         self._barrier()
+
+    def _write_checkpoint(self) -> None:
+        extra = {"elapsed_s": self.elapsed, "milestone_step": self.milestone_step}
+        save_checkpoint(self.out, self.step, self.model, self.optimizer, extra)
 
     def _eval_and_log(self, saved: set[int]) -> None:
         if self.rank == 0:
@@ -260,13 +258,7 @@ class Trainer:
                     }
                 )
                 if self.step not in saved:
-                    save_checkpoint(
-                        self.out,
-                        self.step,
-                        self.model,
-                        self.optimizer,
-                        {"elapsed_s": self.elapsed, "milestone_step": self.milestone_step},
-                    )
+                    self._write_checkpoint()
                     saved.add(self.step)
         self._barrier()
 

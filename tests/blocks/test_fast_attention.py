@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from transformer_helpers import masked_scores, reference_attention
 
 import blocks.fast.attention as ak
 from blocks.fast import build
@@ -20,16 +21,6 @@ needs_kernel = pytest.mark.skipif(ak.kernel_status() is not None, reason=f"kerne
 
 # batch, pos, n_heads, d_head: one position; remainders of the 8-row and 16-key blocks; d_head 16 to 128
 SHAPES = [(2, 1, 1, 16), (3, 21, 2, 32), (2, 37, 5, 64), (1, 130, 3, 48), (2, 9, 4, 128), (1, 16, 2, 16)]
-
-
-def masked_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    n = q.shape[1]
-    scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(q.shape[-1])
-    return scores.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
-
-
-def explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("bhqk,bkhe->bqhe", masked_scores(q, k).softmax(-1), v)
 
 
 def packed_qkv(shape: tuple[int, int, int, int], seed: int = 0) -> torch.Tensor:
@@ -53,7 +44,7 @@ def test_values_and_gradients_match_the_explicit_attention(shape: tuple[int, int
     out = ak.causal_attention(*qkv.unbind(2))
     (grad,) = torch.autograd.grad(out, qkv, grad_out)
     reference = qkv.detach().double().requires_grad_()
-    ref_out = explicit(*reference.unbind(2))
+    ref_out = reference_attention(*reference.unbind(2))
     (ref_grad,) = torch.autograd.grad(ref_out, reference, grad_out.double())
     torch.testing.assert_close(out, ref_out.float(), atol=2e-6, rtol=1e-5)
     torch.testing.assert_close(grad, ref_grad.float(), atol=1e-5, rtol=1e-5)
@@ -65,7 +56,7 @@ def test_the_kernel_runs_and_takes_any_strides_of_the_last_axis_contiguous(monke
     monkeypatch.setattr(ak, "_forward", lambda *a, **kw: calls.append(1) or original(*a, **kw))
     base = torch.randn(2, 4, 11, 32)  # [batch, n_heads, pos, d_head], permuted into [batch, pos, n_heads, d_head]
     q, k, v = (base.roll(i, 1).permute(0, 2, 1, 3) for i in range(3))
-    torch.testing.assert_close(ak.causal_attention(q, k, v), explicit(q, k, v), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(ak.causal_attention(q, k, v), reference_attention(q, k, v), atol=2e-6, rtol=1e-5)
     assert calls == [1]
 
 
@@ -76,7 +67,7 @@ def test_scores_far_apart_and_a_nan_query_behave_as_in_the_explicit_attention() 
         1, 1, 3, 1, 1
     )  # scores spread over hundreds
     qkv[1, 17, 0, 1, 3] = float("nan")
-    reference = explicit(*qkv.double().unbind(2)).float()
+    reference = reference_attention(*qkv.double().unbind(2)).float()
     scores = masked_scores(qkv[:, :, 0].double(), qkv[:, :, 1].double())
     gaps = scores.amax(-1, keepdim=True) - scores.masked_fill(scores.isinf(), float("nan"))
     assert gaps.nan_to_num(0).amax() > 200  # the clamp is exercised
@@ -112,7 +103,7 @@ def test_without_gradients_the_kernel_skips_the_log_sum_exp_and_gives_the_same_b
 def test_gradients_of_gradients_match_the_explicit_attention() -> None:
     qkv = packed_qkv((2, 13, 2, 16)).requires_grad_()
     results = []
-    for attend in (ak.causal_attention, explicit):
+    for attend in (ak.causal_attention, reference_attention):
         out = attend(*qkv.unbind(2))
         (grad,) = torch.autograd.grad(out.pow(2).sum(), qkv, create_graph=True)
         (second,) = torch.autograd.grad(grad.pow(2).sum(), qkv)
@@ -149,17 +140,17 @@ def test_sdpa_is_used_where_the_kernel_does_not_apply(case: str, monkeypatch: py
     if case == "too long for the backward":
         q = q.requires_grad_()
     out = ak.causal_attention(q, k, v)
-    torch.testing.assert_close(out, explicit(q, k, v), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(out, reference_attention(q, k, v), atol=2e-6, rtol=1e-5)
 
 
 def test_vmap_and_forward_mode_tangents_take_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ak, "_forward", lambda *a, **kw: pytest.fail("the kernel ran"))
     q, k, v = packed_qkv((3, 9, 2, 16)).unbind(2)
     batched = torch.func.vmap(lambda q, k, v: ak.causal_attention(q[None], k[None], v[None])[0])(q, k, v)
-    torch.testing.assert_close(batched, explicit(q, k, v), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(batched, reference_attention(q, k, v), atol=2e-6, rtol=1e-5)
     tangent = torch.ones_like(q)
     _, jvp = torch.func.jvp(lambda q: ak.causal_attention(q, k, v), (q,), (tangent,))
-    _, ref_jvp = torch.func.jvp(lambda q: explicit(q, k, v), (q,), (tangent,))
+    _, ref_jvp = torch.func.jvp(lambda q: reference_attention(q, k, v), (q,), (tangent,))
     torch.testing.assert_close(jvp, ref_jvp, atol=1e-5, rtol=1e-5)
 
 
@@ -178,7 +169,7 @@ def test_without_a_working_compiler_it_says_why_and_uses_sdpa(compiler: str, fre
     q, k, v = packed_qkv((2, 9, 2, 16)).unbind(2)
     with pytest.warns(RuntimeWarning, match="torch's SDPA instead"):
         out = ak.causal_attention(q, k, v)
-    torch.testing.assert_close(out, explicit(q, k, v), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(out, reference_attention(q, k, v), atol=2e-6, rtol=1e-5)
     status = ak.kernel_status()
     assert status is not None and "torch's SDPA instead" in status
     assert compiler in status
@@ -199,7 +190,7 @@ def test_threads_calling_at_once_each_get_their_own_answer(torch_threads) -> Non
     """The app serves several sessions with one model: each Python thread opens its own OpenMP team."""
     torch_threads(2)
     inputs = [packed_qkv((3, 40, 2, 32), seed=i) for i in range(6)]
-    expected = [explicit(*qkv.unbind(2)) for qkv in inputs]
+    expected = [reference_attention(*qkv.unbind(2)) for qkv in inputs]
     with ThreadPoolExecutor(max_workers=3) as pool:
         for _ in range(3):
             got = list(pool.map(lambda qkv: ak.causal_attention(*qkv.unbind(2)), inputs))
@@ -241,7 +232,7 @@ def test_a_cpu_without_avx512_uses_torch_quietly(fresh_kernel_state, monkeypatch
     """Built for AVX2 the kernels are far slower than torch's SDPA, so they are not built there, and nothing warns."""
     monkeypatch.setattr(build, "_cpu", lambda: "model name : an AVX2 CPU\nflags : fpu sse avx avx2 fma")
     q, k, v = packed_qkv((2, 9, 2, 16)).unbind(2)
-    torch.testing.assert_close(ak.causal_attention(q, k, v), explicit(q, k, v), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(ak.causal_attention(q, k, v), reference_attention(q, k, v), atol=2e-6, rtol=1e-5)
     assert "avx512f" in ak.kernel_status()
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
     assert not list(fresh_kernel_state.iterdir())  # nothing was built

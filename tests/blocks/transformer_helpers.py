@@ -1,4 +1,6 @@
-"""Small seeded models and inputs shared by the blocks tests."""
+"""Small seeded models and inputs shared by the blocks tests, and attention written out as the reference."""
+
+import math
 
 import torch
 
@@ -43,3 +45,15 @@ CONFIGS = {
     "shortformer": dict(positional="shortformer", act_fn="gelu"),
     "d_head_16": dict(d_model=32, n_heads=2, d_head=16),  # where blocks.fast's attention kernel runs
 }
+
+
+def masked_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """q . k / sqrt(d_head), -inf above the diagonal: [batch, pos, n_heads, d_head] in, [batch, n_heads, q, k] out."""
+    n = q.shape[1]
+    scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(q.shape[-1])
+    return scores.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """scratchnn.Attention's own lines from the scores to the weighted sum, on [batch, pos, n_heads, d_head]."""
+    return torch.einsum("bhqk,bkhe->bqhe", masked_scores(q, k).softmax(-1), v)
