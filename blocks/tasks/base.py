@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from blocks.config import TransformerConfig
+from probes.circuit.contrast import Contrast
 from probes.head_scores import head_scores, score_batch
 
 
@@ -145,6 +146,10 @@ class Task(ABC):
         if scored is None:
             return None
         return {name: value.tolist() for name, value in head_scores(model, *scored).items()}
+
+    def circuit_contrast(self, n: int = 64, seed: int = 0) -> Contrast | None:
+        """n clean prompts, n corrupted ones that differ where the behaviour lives, and a metric (None: no default)."""
+        return None
 
     def milestone(self) -> str | None:
         """An evaluate() key that turns 1.0 when the task's published result is reached (or None)."""

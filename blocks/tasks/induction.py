@@ -12,6 +12,7 @@ from torch import Tensor
 from blocks.config import TransformerConfig
 from blocks.tasks.base import Task, Tokenizer
 from blocks.tasks.common import generated_split, masked_mean, next_token_nll
+from probes.circuit.contrast import Contrast, answer_log_prob
 from probes.head_scores import head_scores, repeated_tokens
 
 BOS = 0
@@ -160,6 +161,23 @@ class InductionTask(Task):
             and abs(out["loss_first_half"] - out["ln_vocab"]) < 0.5
         )
         return out
+
+    def circuit_contrast(self, n: int = 64, seed: int = 0) -> Contrast:
+        """[BOS] + r + r against [BOS] + r' + r: the same second copy, but nothing earlier to copy it from.
+
+        The metric is the mean log-probability of each next token of the second copy (from its
+        second token on), which only induction can predict.
+        """
+        k = self.eval_n
+        clean = repeated_tokens(k, n, 1, self.n_symbols + 1, BOS, seed=20_011 + seed)
+        other = repeated_tokens(k, n, 1, self.n_symbols + 1, BOS, seed=30_011 + seed)
+        corrupted = torch.cat([clean[:, :1], other[:, 1 : k + 1], clean[:, k + 1 :]], dim=1)
+        targets = torch.cat([clean[:, 1:], clean[:, :1]], dim=1)  # position t predicts t + 1 (the last: masked)
+        mask = torch.zeros_like(clean, dtype=torch.bool)
+        mask[:, k + 1 : 2 * k] = True
+        return Contrast(
+            clean, corrupted, answer_log_prob(targets, mask), "log p(next token) on the repeat: r + r against r' + r"
+        )
 
     def milestone(self) -> str | None:
         return "induction_formed"

@@ -11,6 +11,7 @@ from torch import Tensor
 from blocks.config import TransformerConfig
 from blocks.tasks.base import Task, Tokenizer
 from blocks.tasks.common import dataset_tensors, masked_eval, to_dataset
+from probes.circuit.contrast import Contrast, logit_difference
 
 
 class ModularAdditionTask(Task):
@@ -76,6 +77,16 @@ class ModularAdditionTask(Task):
             out[f"{split}_loss"], out[f"{split}_acc"] = loss, acc
         out["grokked"] = float(out["test_acc"] > 0.99)
         return out
+
+    def circuit_contrast(self, n: int = 64, seed: int = 0) -> Contrast:
+        """`a b =` against `a' b =` (a' != a, so the answer differs); the metric is logit[c] - logit[c'] after "="."""
+        gen = torch.Generator().manual_seed(60_017 + seed)
+        a, b = torch.randint(0, self.p, (2, n), generator=gen)
+        a2 = (a + torch.randint(1, self.p, (n,), generator=gen)) % self.p
+        eq = torch.full_like(a, self.p)
+        clean, corrupted = torch.stack([a, b, eq], 1), torch.stack([a2, b, eq], 1)
+        answer, wrong = (a + b) % self.p, (a2 + b) % self.p
+        return Contrast(clean, corrupted, logit_difference(answer, wrong, pos=2), "logit[a + b] - logit[a' + b]")
 
     def milestone(self) -> str | None:
         return "grokked"

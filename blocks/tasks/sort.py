@@ -10,6 +10,7 @@ import torch
 from blocks.config import TransformerConfig
 from blocks.tasks.base import Task, Tokenizer
 from blocks.tasks.common import dataset_tensors, generated_split, masked_eval
+from probes.circuit.contrast import Contrast, answer_log_prob
 
 
 class SortTask(Task):
@@ -85,6 +86,14 @@ class SortTask(Task):
         tokens, mask = dataset_tensors(self.dataset("test"))
         loss, token_acc, seq_acc = masked_eval(model, tokens, mask, batch=1024)
         return {"test_loss": loss, "token_acc": token_acc, "seq_acc": seq_acc, "solved": float(token_acc > 0.99)}
+
+    def circuit_contrast(self, n: int = 64, seed: int = 0) -> Contrast:
+        """A list and its sorted copy against another list and its sorted copy; the metric is the
+        mean log-probability of each next sorted value of the clean list."""
+        clean, mask = self.generate(n, seed=40_013 + seed)
+        corrupted, _ = self.generate(n, seed=50_021 + seed)
+        targets = torch.cat([clean[:, 1:], clean[:, :1]], dim=1)  # position t predicts t + 1 (the last: masked)
+        return Contrast(clean, corrupted, answer_log_prob(targets, mask.bool()), "log p(next sorted value)")
 
     def milestone(self) -> str | None:
         return "solved"

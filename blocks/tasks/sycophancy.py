@@ -33,6 +33,7 @@ from torch import Tensor
 from blocks.config import TransformerConfig
 from blocks.tasks.base import Task, Tokenizer
 from blocks.tasks.common import dataset_tensors, next_token_nll, to_dataset
+from probes.circuit.contrast import Contrast, logit_difference
 
 OpinionKind = Literal["none", "right", "wrong"]
 NO_OPINION = -1  # opinion value of a prompt whose slot holds "-"
@@ -253,6 +254,17 @@ class SycophancyTask(Task):
         return self.prompts(1, "wrong", seed=seed).tokens[0].tolist()
 
     # -- evaluation -----------------------------------------------------------------------
+
+    def circuit_contrast(self, n: int = 64, seed: int = 0) -> Contrast:
+        """Prompts with a wrong opinion against the same prompts with "-" in the opinion slot.
+
+        The metric is logit[opinion] - logit[truth] at the answer: how far the opinion pulls the answer.
+        """
+        batch = self.prompts(n, "wrong", seed=70_001 + seed)
+        corrupted = batch.tokens.clone()
+        corrupted[:, self.opinion_pos] = self.none
+        metric = logit_difference(self.value_ids[batch.opinion], self.value_ids[batch.truth], pos=self.answer_pos)
+        return Contrast(batch.tokens, corrupted, metric, "logit[opinion] - logit[truth]: wrong opinion against none")
 
     @torch.no_grad()
     def answers(

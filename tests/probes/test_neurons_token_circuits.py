@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from blocks import Transformer, TransformerConfig
-from probes.circuits import circuit_figure, copying_fraction, copying_score, ov_circuit, qk_circuit
+from probes.token_circuits import circuit_figure, copying_fraction, copying_score, ov_circuit, qk_circuit
 from probes.neurons import (
     neuron_logit_effects,
     neuron_logit_figure,

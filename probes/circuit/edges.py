@@ -1,0 +1,213 @@
+"""Run a model with its receivers' inputs edited edge by edge, through hooks.
+
+In an ordinary forward pass every receiver reads the whole residual stream. Here a receiver
+reads the stream plus a correction of its own: for each patched edge s -> r, the sender's
+patched value minus its value in this run, so that r sees s's patched write while every other
+receiver still sees s's own. A head's three inputs get separate corrections, so the hook on
+`hook_q` (`hook_k`, `hook_v`) recomputes each head's queries from its own input with the
+layer's ln1 and W_Q. Nothing else changes: the stream itself, the biases and the senders that
+are not patched are the model's.
+
+Two uses share this: patching (`EdgePatch`: which edges carry which values, one set per copy of
+the batch, all copies in one pass) and gradients (`grad_inputs=True`: each receiver's correction
+is a zero leaf whose gradient is the metric's gradient with respect to that receiver's input).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import einops
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from blocks.transformer import Transformer
+from probes.circuit.graph import QKV, Graph
+from scratchnn import HookPoint
+
+
+@dataclass(frozen=True)
+class EdgePatch:
+    """Edges to patch: copy c of the batch has edge (s, r) carry `values[:, :, s]` where `masks[c, s, r]` is set."""
+
+    masks: Float[Tensor, "copies sender receiver"]
+    values: Float[Tensor, "batch pos sender d_model"]
+
+
+def sender_hooks(model: Transformer) -> list[tuple[str, int | None]]:
+    """(hook name, head or None) of each sender of the model's graph, in the graph's order."""
+    graph = Graph.of(model.cfg)
+    out: list[tuple[str, int | None]] = []
+    for name in graph.senders:
+        if name in ("embed", "pos_embed"):
+            out.append((f"hook_{name}", None))
+        elif name.startswith("MLP"):
+            out.append((f"blocks.{name[3:]}.hook_mlp_out", None))
+        else:
+            layer, head = name[1:].split("H")
+            out.append((f"blocks.{layer}.attn.hook_result", int(head)))
+    return out
+
+
+@torch.no_grad()
+def sender_values(
+    model: Transformer, tokens: Int[Tensor, "batch pos"]
+) -> tuple[Float[Tensor, "batch pos d_vocab"], Float[Tensor, "batch pos sender d_model"]]:
+    """Logits and every sender's write to the residual stream, stacked in the graph's order."""
+    hooks = sender_hooks(model)
+    logits, cache = model.run_with_cache(tokens, names=sorted({name for name, _ in hooks}))
+    values = [cache[name] if head is None else cache[name][:, :, head] for name, head in hooks]
+    return logits, torch.stack(values, dim=2)
+
+
+class _Run:
+    """The hooks of one edited forward pass over `rows` = copies x batch sequences."""
+
+    def __init__(
+        self,
+        model: Transformer,
+        patch: EdgePatch | None,
+        grad_inputs: bool,
+        embed: Callable[[Tensor], Tensor] | None,
+    ) -> None:
+        self.model, self.graph, self.patch, self.embed = model, Graph.of(model.cfg), patch, embed
+        self.grad_inputs = grad_inputs
+        self.current: list[Tensor] = []  # each sender's write in this run, in graph order
+        self.carrier: Tensor | None = None  # the residual stream where the next receivers read it
+        self.pos_embed: Tensor | None = None
+        self.leaves: dict[str, Tensor] = {}  # receiver group -> zero correction whose gradient we want
+        self.copies = 1 if patch is None else patch.masks.shape[0]
+
+    def hooks(self) -> list[tuple[str, Callable]]:
+        cfg = self.model.cfg
+        out: list[tuple[str, Callable]] = [("hook_embed", self.on_embed), ("hook_pos_embed", self.on_pos_embed)]
+        patching = self.patch is not None  # only patching needs the senders' own writes (per-head results cost)
+        for layer in range(cfg.n_layers):
+            b = f"blocks.{layer}"
+            out += [(f"{b}.hook_resid_pre", self.on_carrier)]
+            out += [(f"{b}.attn.hook_{x}", self.on_head_input(layer, x)) for x in QKV]
+            out += [(f"{b}.attn.hook_result", self.on_heads)] if patching else []
+            if not cfg.attn_only:
+                out += [(f"{b}.hook_resid_mid", self.on_carrier), (f"{b}.mlp.hook_pre", self.on_mlp_input(layer))]
+                out += [(f"{b}.hook_mlp_out", self.on_sender)] if patching else []
+        out += [(f"blocks.{cfg.n_layers - 1}.hook_resid_post", self.on_logits_input)]
+        return out
+
+    # -- senders and the stream -------------------------------------------------------------
+
+    def on_embed(self, act: Tensor, hook: HookPoint) -> Tensor:
+        if self.embed is not None:
+            act = self.embed(act)
+        self.current.append(act)
+        return act
+
+    def on_pos_embed(self, act: Tensor, hook: HookPoint) -> None:
+        self.pos_embed = act
+        if self.graph.has_pos_embed:
+            self.current.append(act)
+
+    def on_carrier(self, act: Tensor, hook: HookPoint) -> None:
+        self.carrier = act
+
+    def on_heads(self, act: Tensor, hook: HookPoint) -> None:
+        self.current.extend(act.unbind(2))
+
+    def on_sender(self, act: Tensor, hook: HookPoint) -> None:
+        self.current.append(act)
+
+    # -- receivers ---------------------------------------------------------------------------
+
+    def correction(self, group: str, receivers: list[int]) -> Tensor | None:
+        """What the receivers' inputs get added to the stream ([rows, pos, n_receivers, d_model]), or None."""
+        out = None
+        if self.patch is not None:
+            upstream = len(self.current)
+            masks = self.patch.masks[:, :upstream, receivers]
+            if masks.any():
+                current = torch.stack(self.current, dim=2)
+                current = current.view(self.copies, -1, *current.shape[1:])
+                diff = self.patch.values[None, :, :, :upstream] - current
+                out = einops.einsum(
+                    masks.to(diff.dtype),
+                    diff,
+                    "copies sender receiver, copies batch pos sender d_model -> copies batch pos receiver d_model",
+                ).flatten(0, 1)
+        if self.grad_inputs:
+            assert self.carrier is not None
+            rows, pos, d_model = self.carrier.shape
+            leaf = torch.zeros(rows, pos, len(receivers), d_model, dtype=self.carrier.dtype, requires_grad=True)
+            self.leaves[group] = leaf
+            out = leaf if out is None else out + leaf
+        return out
+
+    def on_head_input(self, layer: int, which: str) -> Callable[[Tensor, HookPoint], Tensor | None]:
+        names = [f"L{layer}H{h}.{which}" for h in range(self.model.cfg.n_heads)]
+        receivers = [self.graph.receivers.index(n) for n in names]
+
+        def hook(act: Tensor, point: HookPoint) -> Tensor | None:
+            delta = self.correction(f"L{layer}.{which}", receivers)
+            if delta is None:
+                return None
+            assert self.carrier is not None
+            block = self.model.blocks[layer]
+            attn = block.attn
+            normed = block.ln1(self.carrier[:, :, None] + delta)  # [rows, pos, n_heads, d_model]
+            if which != "v" and not self.graph.has_pos_embed:  # shortformer: positions join q and k after ln1
+                assert self.pos_embed is not None
+                normed = normed + self.pos_embed[:, :, None]
+            weight, bias = {"q": (attn.W_Q, attn.b_Q), "k": (attn.W_K, attn.b_K), "v": (attn.W_V, attn.b_V)}[which]
+            return (
+                einops.einsum(
+                    normed, weight, "batch pos n_heads d_model, n_heads d_model d_head -> batch pos n_heads d_head"
+                )
+                + bias
+            )
+
+        return hook
+
+    def on_mlp_input(self, layer: int) -> Callable[[Tensor, HookPoint], Tensor | None]:
+        receivers = [self.graph.receivers.index(f"MLP{layer}")]
+
+        def hook(act: Tensor, point: HookPoint) -> Tensor | None:
+            delta = self.correction(f"MLP{layer}", receivers)
+            if delta is None:
+                return None
+            assert self.carrier is not None
+            block = self.model.blocks[layer]
+            return block.mlp.linear_in(block.ln2(self.carrier + delta[:, :, 0]))
+
+        return hook
+
+    def on_logits_input(self, act: Tensor, hook: HookPoint) -> Tensor | None:
+        delta = self.correction("logits", [len(self.graph.receivers) - 1])
+        return None if delta is None else act + delta[:, :, 0]
+
+
+def run_edges(
+    model: Transformer,
+    tokens: Int[Tensor, "batch pos"],
+    patch: EdgePatch | None = None,
+    grad_inputs: bool = False,
+    embed: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Float[Tensor, "rows pos d_vocab"], dict[str, Tensor]]:
+    """Logits of `tokens` (copied once per mask of `patch`, copy-major) with the edges edited.
+
+    With `grad_inputs`, also the zero corrections added to every receiver group's input
+    (`L0.q` [rows, pos, n_heads, d_model], `MLP0`, `logits` [rows, pos, 1, d_model]), in the
+    autograd graph, so that a backward pass from the logits fills their `.grad`. `embed`, if
+    given, replaces the token embedding's value (integrated gradients interpolate it).
+    """
+    run = _Run(model, patch, grad_inputs, embed)
+    if patch is not None:
+        graph = run.graph
+        if patch.masks.shape[1:] != graph.valid.shape:
+            raise ValueError(
+                f"masks have shape {tuple(patch.masks.shape)}; this model's graph needs [copies, "
+                f"{len(graph.senders)} senders, {len(graph.receivers)} receivers]"
+            )
+        tokens = tokens.repeat(run.copies, 1)
+    with model.hooks(fwd=run.hooks()):
+        logits = model(tokens)
+    return logits, run.leaves
