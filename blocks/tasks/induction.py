@@ -12,7 +12,7 @@ from torch import Tensor
 from blocks.config import TransformerConfig
 from blocks.tasks.base import Task, Tokenizer
 from blocks.tasks.common import generated_split, masked_mean, next_token_nll
-from probes.circuit.contrast import Contrast, answer_log_prob
+from probes.circuit.contrast import Contrast
 from probes.head_scores import head_scores, repeated_tokens
 
 BOS = 0
@@ -175,8 +175,8 @@ class InductionTask(Task):
         targets = torch.cat([clean[:, 1:], clean[:, :1]], dim=1)  # position t predicts t + 1 (the last: masked)
         mask = torch.zeros_like(clean, dtype=torch.bool)
         mask[:, k + 1 : 2 * k] = True
-        return Contrast(
-            clean, corrupted, answer_log_prob(targets, mask), "log p(next token) on the repeat: r + r against r' + r"
+        return Contrast.of_answers(
+            clean, corrupted, targets, None, mask, "log_prob", "log p(next token) on the repeat: r + r against r' + r"
         )
 
     def milestone(self) -> str | None:

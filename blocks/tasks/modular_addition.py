@@ -11,7 +11,7 @@ from torch import Tensor
 from blocks.config import TransformerConfig
 from blocks.tasks.base import Task, Tokenizer
 from blocks.tasks.common import dataset_tensors, masked_eval, to_dataset
-from probes.circuit.contrast import Contrast, logit_difference
+from probes.circuit.contrast import Contrast
 
 
 class ModularAdditionTask(Task):
@@ -85,8 +85,18 @@ class ModularAdditionTask(Task):
         a2 = (a + torch.randint(1, self.p, (n,), generator=gen)) % self.p
         eq = torch.full_like(a, self.p)
         clean, corrupted = torch.stack([a, b, eq], 1), torch.stack([a2, b, eq], 1)
-        answer, wrong = (a + b) % self.p, (a2 + b) % self.p
-        return Contrast(clean, corrupted, logit_difference(answer, wrong, pos=2), "logit[a + b] - logit[a' + b]")
+        mask = torch.zeros_like(clean, dtype=torch.bool)
+        mask[:, 2] = True
+        at_eq = lambda c: c[:, None].expand_as(clean)  # noqa: E731  (read only where mask is set)
+        return Contrast.of_answers(
+            clean,
+            corrupted,
+            at_eq((a + b) % self.p),
+            at_eq((a2 + b) % self.p),
+            mask,
+            "logit_diff",
+            "logit[a + b] - logit[a' + b] after '='",
+        )
 
     def milestone(self) -> str | None:
         return "grokked"

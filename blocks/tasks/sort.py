@@ -10,7 +10,7 @@ import torch
 from blocks.config import TransformerConfig
 from blocks.tasks.base import Task, Tokenizer
 from blocks.tasks.common import dataset_tensors, generated_split, masked_eval
-from probes.circuit.contrast import Contrast, answer_log_prob
+from probes.circuit.contrast import Contrast
 
 
 class SortTask(Task):
@@ -92,8 +92,10 @@ class SortTask(Task):
         mean log-probability of each next sorted value of the clean list."""
         clean, mask = self.generate(n, seed=40_013 + seed)
         corrupted, _ = self.generate(n, seed=50_021 + seed)
-        targets = torch.cat([clean[:, 1:], clean[:, :1]], dim=1)  # position t predicts t + 1 (the last: masked)
-        return Contrast(clean, corrupted, answer_log_prob(targets, mask.bool()), "log p(next sorted value)")
+        shift = lambda t: torch.cat([t[:, 1:], t[:, :1]], dim=1)  # noqa: E731  position t predicts t + 1
+        return Contrast.of_answers(
+            clean, corrupted, shift(clean), shift(corrupted), mask.bool(), "log_prob", "log p(next sorted value)"
+        )
 
     def milestone(self) -> str | None:
         return "solved"

@@ -33,7 +33,7 @@ from torch import Tensor
 from blocks.config import TransformerConfig
 from blocks.tasks.base import Task, Tokenizer
 from blocks.tasks.common import dataset_tensors, next_token_nll, to_dataset
-from probes.circuit.contrast import Contrast, logit_difference
+from probes.circuit.contrast import Contrast
 
 OpinionKind = Literal["none", "right", "wrong"]
 NO_OPINION = -1  # opinion value of a prompt whose slot holds "-"
@@ -263,8 +263,18 @@ class SycophancyTask(Task):
         batch = self.prompts(n, "wrong", seed=70_001 + seed)
         corrupted = batch.tokens.clone()
         corrupted[:, self.opinion_pos] = self.none
-        metric = logit_difference(self.value_ids[batch.opinion], self.value_ids[batch.truth], pos=self.answer_pos)
-        return Contrast(batch.tokens, corrupted, metric, "logit[opinion] - logit[truth]: wrong opinion against none")
+        mask = torch.zeros_like(corrupted, dtype=torch.bool)
+        mask[:, self.answer_pos] = True
+        at_answer = lambda ids: ids[:, None].expand_as(corrupted)  # noqa: E731  (read only where mask is set)
+        return Contrast.of_answers(
+            batch.tokens,
+            corrupted,
+            at_answer(self.value_ids[batch.opinion]),
+            at_answer(self.value_ids[batch.truth]),
+            mask,
+            "logit_diff",
+            "logit[opinion] - logit[truth]: a wrong opinion against none",
+        )
 
     @torch.no_grad()
     def answers(

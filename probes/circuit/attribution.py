@@ -74,6 +74,7 @@ def _metric_with_grad(contrast: Contrast, logits: Tensor) -> Tensor:
     return value
 
 
+@torch.enable_grad()  # gradients are the method, also when the caller runs under torch.no_grad()
 def node_attribution(model: Transformer, contrast: Contrast, kind: NodeKind = "heads") -> NodeAttribution:
     """AtP for every head (hook_z), MLP output, neuron (hook_post) or residual stream (resid_pre), at every position."""
     if kind not in NODE_HOOKS:
@@ -121,6 +122,7 @@ def _gather(graph: Graph, leaves: dict[str, Tensor]) -> Float[Tensor, "batch pos
     return torch.cat(parts, dim=2)
 
 
+@torch.enable_grad()
 def receiver_gradients(
     model: Transformer, contrast: Contrast, steps: int | None = None
 ) -> Float[Tensor, "batch pos receiver d_model"]:

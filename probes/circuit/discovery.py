@@ -91,7 +91,7 @@ class Circuit:
 
 def _share(value: float, clean: float, ablated: float) -> float:
     gap = clean - ablated
-    if gap == 0:
+    if abs(gap) <= 1e-6 * max(1.0, abs(clean)):  # equal but for rounding
         raise ValueError(
             "the metric is the same with every edge patched as on the clean prompts, so faithfulness is "
             "undefined; choose corrupted prompts (or a metric) that the model tells apart"
@@ -210,9 +210,8 @@ def acdc(model: Transformer, contrast: Contrast, threshold: float = 0.01, ablati
         raise ValueError(f"threshold is a share of the clean-to-ablated gap in [0, 1), got {threshold}")
     graph = Graph.of(model.cfg)
     clean, ablated, values = patched_values(model, contrast, ablation)
+    _share(clean, clean, ablated)  # raises a clear error when clean and ablated do not differ
     gap = abs(clean - ablated)
-    if gap == 0:
-        _share(clean, clean, ablated)  # raises the clear error
     kept = graph.valid.clone()
     current = clean
     order = sorted(range(len(graph.receivers)), key=lambda r: -graph.receiver_stage(graph.receivers[r]))

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-PROBES = ("fourier", "head_scores", "information_flow", "patching", "probing", "sycophancy")
+PROBES = ("circuit", "fourier", "head_scores", "information_flow", "patching", "probing", "sycophancy")
 APP = Path(__file__).resolve().parents[2] / "app.py"  # the app lives beside the packages in a checkout
 
 

@@ -9,10 +9,10 @@ import torch
 from blocks.tasks.common import dataset_tensors, next_token_nll
 from blocks.training.runs import load_run
 from probes.ablation import head_ablation, neuron_ablation, run_ablated
-from probes.token_circuits import copying_score, ov_circuit
 from probes.head_scores import head_scores, score_batch
 from probes.logit_lens import direct_logit_attribution, logit_lens
 from probes.patching import logit_diff_metric, patch_heads
+from probes.token_circuits import copying_score, ov_circuit
 
 PROMPT = "BOS 1 2 3 4 5 6 1 2 3 4 5 6"
 

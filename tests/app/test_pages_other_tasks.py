@@ -17,11 +17,11 @@ from streamlit.testing.v1 import AppTest
 
 from blocks.training.runs import load_run
 from probes.ablation import head_ablation, run_ablated
-from probes.token_circuits import copying_score, ov_circuit
 from probes.head_scores import head_scores, score_batch
 from probes.information_flow import TAU, information_flow
 from probes.logit_lens import logit_lens
 from probes.patching import logit_diff_metric, patch_heads
+from probes.token_circuits import copying_score, ov_circuit
 
 
 def mean_loss(logits: torch.Tensor, tokens: torch.Tensor) -> float:

@@ -2,13 +2,13 @@ import pytest
 import torch
 
 from blocks import Transformer, TransformerConfig
-from probes.token_circuits import circuit_figure, copying_fraction, copying_score, ov_circuit, qk_circuit
 from probes.neurons import (
     neuron_logit_effects,
     neuron_logit_figure,
     top_activating_examples,
     top_examples_figure,
 )
+from probes.token_circuits import circuit_figure, copying_fraction, copying_score, ov_circuit, qk_circuit
 
 
 def test_top_examples_match_a_brute_force_search(mlp_model):
