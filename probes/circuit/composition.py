@@ -57,7 +57,7 @@ def _scores(
 
 @torch.no_grad()
 def composition_scores(model: Transformer, kind: Kind) -> Float[Tensor, "layer_a head_a layer_b head_b"]:
-    """Composition score of every head A with every head B; NaN unless B's layer is after A's."""
+    """Composition score of every head A with every head B; NaN unless B's layer is after A's (or a head is all zeros)."""
     if kind not in ("q", "k", "v"):
         raise ValueError(f"kind must be 'q', 'k' or 'v', got {kind!r}")
     cfg = model.cfg

@@ -51,6 +51,48 @@ def previous_token_model(n_ctx: int = 8, d_vocab: int = 8, strength: float = 60.
     return model
 
 
+def induction_model(n_ctx: int = 16, d_vocab: int = 8, strength: float = 30.0) -> Transformer:
+    """2 attention-only layers, no LayerNorm, whose only route is a previous-token head feeding an induction head.
+
+    Subspaces of the stream: positions P, tokens T, "the previous token" R, the output O.
+    L0H0 attends from position i to i - 1 and writes that token into R; L1H0's query is the
+    current token (T), its key the previous token (R), so it attends to the position after an
+    earlier copy of the current token and writes the token there into O, which alone W_U reads.
+    Heads L0H1 and L1H1 are zero. The circuit is exactly embed -> L0H0.v, L0H0 -> L1H0.k,
+    embed -> L1H0.v and L1H0 -> logits (positions never differ between prompts of one length).
+    """
+    P, T, R, O = 0, n_ctx, n_ctx + d_vocab, n_ctx + 2 * d_vocab
+    d_model = n_ctx + 3 * d_vocab
+    cfg = TransformerConfig(
+        n_layers=2,
+        d_model=d_model,
+        n_heads=2,
+        d_head=d_model,
+        d_vocab=d_vocab,
+        n_ctx=n_ctx,
+        attn_only=True,
+        normalization=None,
+    )
+    model = Transformer(cfg).eval()
+    eye = torch.eye(d_vocab)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.pos_embed.weight[:, P : P + n_ctx] = torch.eye(n_ctx)
+        model.embed.weight[:, T : T + d_vocab] = eye
+        first, second = model.blocks[0].attn, model.blocks[1].attn
+        first.W_Q[0, P : P + n_ctx, :n_ctx] = strength * torch.eye(n_ctx)
+        first.W_K[0, P : P + n_ctx, :n_ctx] = torch.diag(torch.ones(n_ctx - 1), 1)  # pos j -> key e_{j+1}
+        first.W_V[0, T : T + d_vocab, :d_vocab] = eye
+        first.W_O[0, :d_vocab, R : R + d_vocab] = eye
+        second.W_Q[0, T : T + d_vocab, :d_vocab] = strength * eye
+        second.W_K[0, R : R + d_vocab, :d_vocab] = eye
+        second.W_V[0, T : T + d_vocab, :d_vocab] = eye
+        second.W_O[0, :d_vocab, O : O + d_vocab] = eye
+        model.W_U[O : O + d_vocab] = 4 * eye
+    return model
+
+
 @pytest.fixture
 def prev_model() -> Transformer:
     return previous_token_model()

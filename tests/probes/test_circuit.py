@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import previous_token_model, random_model
+from conftest import induction_model, previous_token_model, random_model
 
 from probes.circuit.attribution import ZeroGradientError, edge_attribution, node_attribution
 from probes.circuit.composition import composition_baseline, composition_scores
@@ -362,3 +362,30 @@ def test_head_inputs_are_recomputed_with_the_models_own_weights():
     after = exact_edge_patching(model, c).scores
     g = Graph.of(model.cfg)
     assert after[g.edge("L0H1 -> L1H2.k")] != before[g.edge("L0H1 -> L1H2.k")]
+
+
+def test_the_induction_circuit_is_found_exactly_by_every_method():
+    """The hand-built induction model: the previous-token head feeds the induction head's keys (K-composition)."""
+    model = induction_model().double()
+    gen = torch.Generator().manual_seed(0)
+    first = torch.stack([torch.randperm(8, generator=gen) for _ in range(32)])
+    other = torch.stack([torch.randperm(8, generator=gen) for _ in range(32)])
+    clean, corrupted = torch.cat([first, first], 1), torch.cat([other, first], 1)  # r + r against r' + r
+    mask = torch.zeros_like(clean, dtype=torch.bool)
+    mask[:, 8:15] = True  # the second copy predicts its next token
+    c = Contrast.of_answers(clean, corrupted, clean.roll(-1, 1), None, mask, "log_prob")
+    route = {"embed -> L0H0.v", "L0H0 -> L1H0.k", "embed -> L1H0.v", "L1H0 -> logits"}
+    exact = exact_edge_patching(model, c)
+    eap, ig = edge_attribution(model, c, "eap"), edge_attribution(model, c, "eap-ig", steps=10)
+    for scores in (exact, eap, ig):
+        circuit = circuit_from_scores(model, c, scores)
+        assert set(circuit.edge_names()) == route and circuit.faithfulness == pytest.approx(1.0)
+        assert {name for name, _ in scores.ranked(4)} == route
+    searched = acdc(model, c, threshold=0.05)
+    assert set(searched.edge_names()) == route
+    # attention saturates, so the gradient at the clean run underestimates; integrated gradients come closer
+    on_route = exact.scores != 0
+    assert (ig.scores - exact.scores)[on_route].abs().sum() < 0.5 * (eap.scores - exact.scores)[on_route].abs().sum()
+    k = composition_scores(model, "k")
+    mean, std = composition_baseline(model, "k")
+    assert k[0, 0, 1, 0] > mean + 10 * std
