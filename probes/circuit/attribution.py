@@ -17,13 +17,14 @@ from typing import Literal
 import einops
 import torch
 from jaxtyping import Float
-from torch import Tensor
+from torch import Tensor, nn
 
 from blocks.transformer import Transformer
 from probes.circuit.contrast import Contrast
-from probes.circuit.edges import run_edges, sender_values
-from probes.circuit.graph import QKV, Graph
+from probes.circuit.edges import sender_values
+from probes.circuit.graph import Graph
 from probes.circuit.scores import EdgeScores
+from scratchnn import HookPoint
 
 NodeKind = Literal["heads", "mlp", "neurons", "resid"]
 NODE_HOOKS = {
@@ -111,45 +112,87 @@ def node_attribution(model: Transformer, contrast: Contrast, kind: NodeKind = "h
     )
 
 
-def _gather(graph: Graph, leaves: dict[str, Tensor]) -> Float[Tensor, "batch pos receiver d_model"]:
-    """The receiver groups' gradients side by side in the graph's receiver order."""
-    parts = []
-    for layer in range(graph.n_layers):
-        parts += [leaves[f"L{layer}.{x}"].grad for x in QKV]
-        if graph.has_mlp:
-            parts.append(leaves[f"MLP{layer}"].grad)
-    parts.append(leaves["logits"].grad)
-    return torch.cat(parts, dim=2)
+def _layer_norm_vjp(norm: nn.Module, x: Tensor, grad: Tensor) -> Tensor:
+    """The gradient at a LayerNorm's input `x` [..., 1, d] given the gradient at its output [..., n, d], per row n.
+
+    Every head reads the same stream through the same ln1, so one set of statistics serves all
+    their inputs; written out here so that no per-head copy of the stream is ever formed.
+    """
+    if isinstance(norm, nn.Identity):
+        return grad
+    centred = x - x.mean(-1, keepdim=True)
+    scale = (centred.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
+    normalized = centred / scale
+    g = grad * norm.weight
+    return (g - g.mean(-1, keepdim=True) - normalized * (g * normalized).mean(-1, keepdim=True)) / scale
 
 
-@torch.enable_grad()
-def receiver_gradients(
-    model: Transformer, contrast: Contrast, steps: int | None = None
-) -> Float[Tensor, "batch pos receiver d_model"]:
-    """dmetric/d(each receiver's input) on the clean run, or its mean over `steps` interpolated runs (IG)."""
+@torch.enable_grad()  # gradients are the method, also when the caller runs under torch.no_grad()
+def _gradient_scores(
+    model: Transformer, contrast: Contrast, diff: Tensor, alphas: list[float | None]
+) -> Float[Tensor, "sender receiver"]:
+    """sum over batch, pos, d_model of diff[s] * dmetric/d(input of r), averaged over the gradient points.
+
+    One ordinary forward and backward pass per point: backward hooks read the gradient at each
+    head's q, k and v and at each MLP's pre-activation, which W_Q (W_K, W_V, W_in) and the
+    LayerNorm's vjp take back to that receiver's own residual-stream input.
+    """
     graph = Graph.of(model.cfg)
-    if steps is None:
-        alphas = [None]
-    else:
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive int (the interpolation points of EAP-IG), got {steps!r}")
+    cfg = model.cfg
+    senders = einops.rearrange(diff, "batch pos sender d_model -> sender (batch pos d_model)").contiguous()
+    upstream = graph.valid.sum(0).tolist()  # senders are in forward order: receiver r reads the first upstream[r]
+    scores = torch.zeros(graph.valid.shape, dtype=diff.dtype)
+    last = f"blocks.{cfg.n_layers - 1}.hook_resid_post"
+    if alphas != [None]:
         with torch.no_grad():
-            _, corrupted = model.run_with_cache(contrast.corrupted, names="hook_embed")
-        alphas = [k / steps for k in range(1, steps + 1)]
-    total = None
+            _, start = model.run_with_cache(contrast.corrupted, names="hook_embed")
     for alpha in alphas:
-        if alpha is None:
-            embed = None
-        else:
-            start = corrupted["hook_embed"]
-            embed = lambda clean, a=alpha: start + a * (clean - start)  # noqa: E731
-        logits, leaves = run_edges(model, contrast.clean, grad_inputs=True, embed=embed)
-        _metric_with_grad(contrast, logits).backward(inputs=list(leaves.values()))
-        grads = _gather(graph, leaves)
-        total = grads if total is None else total + grads
-    assert total is not None
-    _check_gradient([total], "receiver input")
-    return total / len(alphas)
+        carriers: dict[str, Tensor] = {}
+        grads: dict[str, Tensor] = {}
+        leaf: list[Tensor] = []
+
+        def embed(act: Tensor, hook: HookPoint, alpha: float | None = alpha) -> Tensor:
+            if alpha is not None:  # integrated gradients: the token embeddings between corrupted and clean
+                act = start["hook_embed"] + alpha * (act - start["hook_embed"])
+            leaf.append(act.detach().requires_grad_())
+            return leaf[0]
+
+        def keep(act: Tensor, hook: HookPoint) -> None:
+            carriers[hook.name] = act.detach()
+
+        def grad_of(grad: Tensor, hook: HookPoint) -> None:
+            grads[hook.name] = grad
+
+        fwd = [("hook_embed", embed), (lambda n: n.endswith(("hook_resid_pre", "hook_resid_mid")), keep)]
+        bwd = [(lambda n: n.endswith(("attn.hook_q", "attn.hook_k", "attn.hook_v", "mlp.hook_pre")), grad_of)]
+        with model.hooks(fwd=fwd, bwd=[*bwd, (last, grad_of)]):
+            value = _metric_with_grad(contrast, model(contrast.clean))
+            torch.autograd.grad(value, leaf)
+        _check_gradient([grads[last]], "receiver input")
+
+        def add(receivers: list[int], grad_in: Tensor) -> None:
+            n = upstream[receivers[0]]
+            scores[:n, receivers] += senders[:n] @ einops.rearrange(
+                grad_in, "batch pos r d_model -> (batch pos d_model) r"
+            )
+
+        for layer, block in enumerate(model.blocks):
+            x = carriers[f"blocks.{layer}.hook_resid_pre"][:, :, None]
+            for which, weight in (("q", block.attn.W_Q), ("k", block.attn.W_K), ("v", block.attn.W_V)):
+                g = grads[f"blocks.{layer}.attn.hook_{which}"]
+                back = einops.einsum(
+                    g, weight.detach(), "b p n_heads d_head, n_heads d_model d_head -> b p n_heads d_model"
+                )
+                add(
+                    [graph.receiver_index(f"L{layer}H{h}.{which}") for h in range(cfg.n_heads)],
+                    _layer_norm_vjp(block.ln1, x, back),
+                )
+            if not cfg.attn_only:
+                back = grads[f"blocks.{layer}.mlp.hook_pre"] @ block.mlp.W_in.detach().T
+                mid = carriers[f"blocks.{layer}.hook_resid_mid"]
+                add([graph.receiver_index(f"MLP{layer}")], _layer_norm_vjp(block.ln2, mid, back)[:, :, None])
+        add([graph.receiver_index("logits")], grads[last][:, :, None])
+    return scores / len(alphas)
 
 
 def edge_attribution(
@@ -166,10 +209,10 @@ def edge_attribution(
     graph = Graph.of(model.cfg)
     clean_logits, clean = sender_values(model, contrast.clean)
     corrupted_logits, corrupted = sender_values(model, contrast.corrupted)
-    grads = receiver_gradients(model, contrast, steps=steps if method == "eap-ig" else None)
-    scores = einops.einsum(
-        corrupted - clean, grads, "batch pos sender d_model, batch pos receiver d_model -> sender receiver"
-    )
+    if method == "eap-ig" and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be a positive int (the interpolation points of EAP-IG), got {steps!r}")
+    alphas = [k / steps for k in range(1, steps + 1)] if method == "eap-ig" else [None]
+    scores = _gradient_scores(model, contrast, corrupted - clean, alphas)
     return EdgeScores(
         graph,
         torch.where(graph.valid, scores, 0.0).detach(),

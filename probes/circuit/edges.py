@@ -8,9 +8,8 @@ receiver still sees s's own. A head's three inputs get separate corrections, so 
 layer's ln1 and W_Q. Nothing else changes: the stream itself, the biases and the senders that
 are not patched are the model's.
 
-Two uses share this: patching (`EdgePatch`: which edges carry which values, one set per copy of
-the batch, all copies in one pass) and gradients (`grad_inputs=True`: each receiver's correction
-is a zero leaf whose gradient is the metric's gradient with respect to that receiver's input).
+`EdgePatch` says which edges carry which values, one set per copy of the batch; all copies go
+through one pass.
 """
 
 from __future__ import annotations
@@ -65,43 +64,31 @@ def sender_values(
 class _Run:
     """The hooks of one edited forward pass over `rows` = copies x batch sequences."""
 
-    def __init__(
-        self,
-        model: Transformer,
-        patch: EdgePatch | None,
-        grad_inputs: bool,
-        embed: Callable[[Tensor], Tensor] | None,
-    ) -> None:
-        self.model, self.graph, self.patch, self.embed = model, Graph.of(model.cfg), patch, embed
-        self.grad_inputs = grad_inputs
+    def __init__(self, model: Transformer, patch: EdgePatch) -> None:
+        self.model, self.graph, self.patch = model, Graph.of(model.cfg), patch
         self.current: list[Tensor] = []  # each sender's write in this run, in graph order
         self.carrier: Tensor | None = None  # the residual stream where the next receivers read it
         self.pos_embed: Tensor | None = None
-        self.leaves: dict[str, Tensor] = {}  # receiver group -> zero correction whose gradient we want
-        self.copies = 1 if patch is None else patch.masks.shape[0]
+        self.copies = patch.masks.shape[0]
 
     def hooks(self) -> list[tuple[str, Callable]]:
         cfg = self.model.cfg
         out: list[tuple[str, Callable]] = [("hook_embed", self.on_embed), ("hook_pos_embed", self.on_pos_embed)]
-        patching = self.patch is not None  # only patching needs the senders' own writes (per-head results cost)
         for layer in range(cfg.n_layers):
             b = f"blocks.{layer}"
             out += [(f"{b}.hook_resid_pre", self.on_carrier)]
             out += [(f"{b}.attn.hook_{x}", self.on_head_input(layer, x)) for x in QKV]
-            out += [(f"{b}.attn.hook_result", self.on_heads)] if patching else []
+            out += [(f"{b}.attn.hook_result", self.on_heads)]
             if not cfg.attn_only:
                 out += [(f"{b}.hook_resid_mid", self.on_carrier), (f"{b}.mlp.hook_pre", self.on_mlp_input(layer))]
-                out += [(f"{b}.hook_mlp_out", self.on_sender)] if patching else []
+                out += [(f"{b}.hook_mlp_out", self.on_sender)]
         out += [(f"blocks.{cfg.n_layers - 1}.hook_resid_post", self.on_logits_input)]
         return out
 
     # -- senders and the stream -------------------------------------------------------------
 
-    def on_embed(self, act: Tensor, hook: HookPoint) -> Tensor:
-        if self.embed is not None:
-            act = self.embed(act)
+    def on_embed(self, act: Tensor, hook: HookPoint) -> None:
         self.current.append(act)
-        return act
 
     def on_pos_embed(self, act: Tensor, hook: HookPoint) -> None:
         self.pos_embed = act
@@ -119,35 +106,27 @@ class _Run:
 
     # -- receivers ---------------------------------------------------------------------------
 
-    def correction(self, group: str, receivers: list[int]) -> Tensor | None:
+    def correction(self, receivers: list[int]) -> Tensor | None:
         """What the receivers' inputs get added to the stream ([rows, pos, n_receivers, d_model]), or None."""
-        out = None
-        if self.patch is not None:
-            upstream = len(self.current)
-            masks = self.patch.masks[:, :upstream, receivers]
-            if masks.any():
-                current = torch.stack(self.current, dim=2)
-                current = current.view(self.copies, -1, *current.shape[1:])
-                diff = self.patch.values[None, :, :, :upstream] - current
-                out = einops.einsum(
-                    masks.to(diff.dtype),
-                    diff,
-                    "copies sender receiver, copies batch pos sender d_model -> copies batch pos receiver d_model",
-                ).flatten(0, 1)
-        if self.grad_inputs:
-            assert self.carrier is not None
-            rows, pos, d_model = self.carrier.shape
-            leaf = torch.zeros(rows, pos, len(receivers), d_model, dtype=self.carrier.dtype, requires_grad=True)
-            self.leaves[group] = leaf
-            out = leaf if out is None else out + leaf
-        return out
+        upstream = len(self.current)
+        masks = self.patch.masks[:, :upstream, receivers]
+        if not masks.any():
+            return None
+        current = torch.stack(self.current, dim=2)
+        current = current.view(self.copies, -1, *current.shape[1:])
+        diff = self.patch.values[None, :, :, :upstream] - current
+        return einops.einsum(
+            masks.to(diff.dtype),
+            diff,
+            "copies sender receiver, copies batch pos sender d_model -> copies batch pos receiver d_model",
+        ).flatten(0, 1)
 
     def on_head_input(self, layer: int, which: str) -> Callable[[Tensor, HookPoint], Tensor | None]:
         names = [f"L{layer}H{h}.{which}" for h in range(self.model.cfg.n_heads)]
         receivers = [self.graph.receivers.index(n) for n in names]
 
         def hook(act: Tensor, point: HookPoint) -> Tensor | None:
-            delta = self.correction(f"L{layer}.{which}", receivers)
+            delta = self.correction(receivers)
             if delta is None:
                 return None
             assert self.carrier is not None
@@ -171,7 +150,7 @@ class _Run:
         receivers = [self.graph.receivers.index(f"MLP{layer}")]
 
         def hook(act: Tensor, point: HookPoint) -> Tensor | None:
-            delta = self.correction(f"MLP{layer}", receivers)
+            delta = self.correction(receivers)
             if delta is None:
                 return None
             assert self.carrier is not None
@@ -181,33 +160,20 @@ class _Run:
         return hook
 
     def on_logits_input(self, act: Tensor, hook: HookPoint) -> Tensor | None:
-        delta = self.correction("logits", [len(self.graph.receivers) - 1])
+        delta = self.correction([len(self.graph.receivers) - 1])
         return None if delta is None else act + delta[:, :, 0]
 
 
 def run_edges(
-    model: Transformer,
-    tokens: Int[Tensor, "batch pos"],
-    patch: EdgePatch | None = None,
-    grad_inputs: bool = False,
-    embed: Callable[[Tensor], Tensor] | None = None,
-) -> tuple[Float[Tensor, "rows pos d_vocab"], dict[str, Tensor]]:
-    """Logits of `tokens` (copied once per mask of `patch`, copy-major) with the edges edited.
-
-    With `grad_inputs`, also the zero corrections added to every receiver group's input
-    (`L0.q` [rows, pos, n_heads, d_model], `MLP0`, `logits` [rows, pos, 1, d_model]), in the
-    autograd graph, so that a backward pass from the logits fills their `.grad`. `embed`, if
-    given, replaces the token embedding's value (integrated gradients interpolate it).
-    """
-    run = _Run(model, patch, grad_inputs, embed)
-    if patch is not None:
-        graph = run.graph
-        if patch.masks.shape[1:] != graph.valid.shape:
-            raise ValueError(
-                f"masks have shape {tuple(patch.masks.shape)}; this model's graph needs [copies, "
-                f"{len(graph.senders)} senders, {len(graph.receivers)} receivers]"
-            )
-        tokens = tokens.repeat(run.copies, 1)
+    model: Transformer, tokens: Int[Tensor, "batch pos"], patch: EdgePatch
+) -> Float[Tensor, "rows pos d_vocab"]:
+    """Logits of `tokens`, copied once per mask of `patch` (copy-major), with each copy's edges patched."""
+    run = _Run(model, patch)
+    graph = run.graph
+    if patch.masks.shape[1:] != graph.valid.shape:
+        raise ValueError(
+            f"masks have shape {tuple(patch.masks.shape)}; this model's graph needs [copies, "
+            f"{len(graph.senders)} senders, {len(graph.receivers)} receivers]"
+        )
     with model.hooks(fwd=run.hooks()):
-        logits = model(tokens)
-    return logits, run.leaves
+        return model(tokens.repeat(run.copies, 1))

@@ -43,7 +43,7 @@ def patched_values(
     else:
         values = clean.mean(0, keepdim=True).expand_as(clean)
     graph = Graph.of(model.cfg)
-    logits, _ = run_edges(model, contrast.clean, EdgePatch(graph.valid[None].float(), values))
+    logits = run_edges(model, contrast.clean, EdgePatch(graph.valid[None].float(), values))
     return float(contrast.value(clean_logits)), float(contrast.value(logits)), values
 
 
@@ -66,7 +66,7 @@ def evaluate_edge_sets(
     per_pass = max(1, max_rows // contrast.clean.shape[0])
     out = []
     for chunk in patched.split(per_pass):
-        logits, _ = run_edges(model, contrast.clean, EdgePatch(chunk.float(), values))
+        logits = run_edges(model, contrast.clean, EdgePatch(chunk.float(), values))
         out.append(contrast.values(logits))
     return torch.cat(out)
 

@@ -9,7 +9,7 @@ from probes.circuit.composition import composition_baseline, composition_scores
 from probes.circuit.contrast import Contrast, token_metric
 from probes.circuit.discovery import acdc, circuit_from_scores, evaluate_circuit
 from probes.circuit.edges import EdgePatch, run_edges, sender_values
-from probes.circuit.exact import exact_edge_patching, patched_values, path_patching
+from probes.circuit.exact import evaluate_edge_sets, exact_edge_patching, patched_values, path_patching
 from probes.circuit.graph import Graph
 from probes.circuit.scores import rank_agreement, spearman
 
@@ -85,7 +85,7 @@ def test_patching_no_edge_is_the_clean_run_and_every_edge_the_corrupted_run(conf
     g = Graph.of(model.cfg)
     _, corrupted = sender_values(model, c.corrupted)
     masks = torch.stack([torch.zeros_like(g.valid), g.valid]).double()
-    logits, _ = run_edges(model, c.clean, EdgePatch(masks, corrupted))
+    logits = run_edges(model, c.clean, EdgePatch(masks, corrupted))
     batch = c.clean.shape[0]
     torch.testing.assert_close(logits[:batch], model(c.clean), atol=1e-10, rtol=0)
     torch.testing.assert_close(logits[batch:], model(c.corrupted), atol=1e-10, rtol=0)
@@ -170,6 +170,25 @@ def test_eap_is_exact_where_the_model_is_linear_in_the_edge():
     assert exact.scores[:, logits].abs().max() > 1e-3
     assert (eap.scores[~eap.graph.valid] == 0).all()
     assert rank_agreement(eap, exact) > 0.8  # a small random model is nearly linear everywhere
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_eap_is_the_derivative_of_exact_edge_patching_at_every_edge(config):
+    """Patch each edge a tiny step eps towards its corrupted value: (metric change) / eps is EAP's score."""
+    model = model_of(config)
+    c = contrast_for(model)
+    eap = edge_attribution(model, c)
+    g = Graph.of(model.cfg)
+    _, clean = sender_values(model, c.clean)
+    _, corrupted = sender_values(model, c.corrupted)
+    eps = 1e-6
+    edges = torch.tensor(g.edges)
+    sets = torch.zeros(len(edges), *g.valid.shape, dtype=torch.bool)
+    sets[torch.arange(len(edges)), edges[:, 0], edges[:, 1]] = True
+    stepped = evaluate_edge_sets(model, c, sets, clean + eps * (corrupted - clean))
+    with torch.no_grad():
+        base = c.metric(model(c.clean))
+    torch.testing.assert_close(eap.edge_values(), (stepped - base) / eps, atol=1e-6, rtol=1e-4)
 
 
 def test_eap_ig_with_one_step_is_eap_and_with_more_steps_differs():
