@@ -30,5 +30,6 @@ pages = [
     st.Page("views/neurons.py", title="Neurons", icon=":material/neurology:"),
     st.Page("views/lens.py", title="Logit lens and attribution", icon=":material/stacked_line_chart:"),
     st.Page("views/ablate.py", title="Ablate and patch", icon=":material/content_cut:"),
+    st.Page("views/circuit.py", title="Circuits", icon=":material/hub:"),
 ]
 st.navigation(pages).run()

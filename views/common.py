@@ -19,6 +19,9 @@ Every selection lives in `st.session_state` under these keys, which tests may se
 | `ablate_heads`, `ablate_neurons` | lists of "L0H1" and "L0N5" labels to ablate |
 | `ablate_mode` | "zero" or "mean" |
 | `patch_corrupted` | the corrupted prompt the heads are patched into |
+| `circuit_method`, `circuit_metric` | circuit page: "eap-ig"/"eap"/"exact", and "default" or a metric kind |
+| `circuit_edges`, `circuit_pick` | circuit page: edges kept (int), the edge clicked for path patching ("L0H1 -> L1H2.k") |
+| `circuit_for` | (run, step, mtime, method, metric) the edge count belongs to; a change resets it to that circuit's |
 """
 
 from __future__ import annotations
@@ -57,6 +60,11 @@ STATE_KEYS = (
     "ablate_neurons",
     "ablate_mode",
     "patch_corrupted",
+    "circuit_method",
+    "circuit_metric",
+    "circuit_edges",
+    "circuit_pick",
+    "circuit_for",
 )
 TRAIN_HINT = "Train one with `make app` (it trains the default induction model first) or `python -m blocks.train --task induction --out runs/induction`."
 

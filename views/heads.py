@@ -3,8 +3,8 @@
 import streamlit as st
 import torch
 
-from probes.token_circuits import circuit_figure, copying_score, ov_circuit, qk_circuit
 from probes.head_scores import SCORE_NAMES, head_scores, head_scores_figure, score_batch
+from probes.token_circuits import circuit_figure, copying_score, ov_circuit, qk_circuit
 from views.common import page_context
 from views.figures import matrix_figure
 

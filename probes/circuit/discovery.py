@@ -43,6 +43,7 @@ class Circuit:
     complement: float  # the metric with the circuit's own edges patched
     scores: EdgeScores | None = None
     curve: list[tuple[int, float]] = field(default_factory=list)
+    top_k: int | None = None  # for a circuit of top edges: how many were taken before pruning
 
     @property
     def size(self) -> int:
@@ -105,7 +106,8 @@ def _sizes(n: int, points: int = 24) -> list[int]:
     return sorted(grid | {n})
 
 
-def _top(scores: EdgeScores, k: int) -> Tensor:
+def top_edges(scores: EdgeScores, k: int) -> Bool[Tensor, "sender receiver"]:
+    """The k edges with the largest scores by size, as a mask (before pruning)."""
     values = scores.edge_values().abs()
     keep = torch.zeros(len(values), dtype=torch.bool)
     keep[values.argsort(descending=True, stable=True)[:k]] = True
@@ -122,6 +124,7 @@ def evaluate_circuit(
     method: str = "given",
     scores: EdgeScores | None = None,
     curve: list[tuple[int, float]] | None = None,
+    top_k: int | None = None,
 ) -> Circuit:
     """Faithfulness and completeness of a set of edges (pruned first; a warning if no path reaches the logits)."""
     graph = Graph.of(model.cfg)
@@ -141,7 +144,7 @@ def evaluate_circuit(
     clean, ablated, values = patched_values(model, contrast, ablation)
     sets = torch.stack([graph.valid & ~kept, kept])
     metric, complement = evaluate_edge_sets(model, contrast, sets, values).tolist()
-    return Circuit(graph, kept, method, ablation, clean, ablated, metric, complement, scores, curve or [])
+    return Circuit(graph, kept, method, ablation, clean, ablated, metric, complement, scores, curve or [], top_k)
 
 
 def circuit_from_scores(
@@ -166,7 +169,7 @@ def circuit_from_scores(
         raise ValueError(f"target faithfulness must lie in (0, 1], got {target}")
     clean, ablated, values = patched_values(model, contrast, ablation)
     sizes = _sizes(total)
-    masks = torch.stack([graph.prune(_top(scores, k)) for k in sizes])
+    masks = torch.stack([graph.prune(top_edges(scores, k)) for k in sizes])
     metrics = evaluate_edge_sets(model, contrast, graph.valid[None] & ~masks, values)
     curve = [(k, _share(float(m), clean, ablated)) for k, m in zip(sizes, metrics)]
     if n_edges is None:
@@ -174,7 +177,9 @@ def circuit_from_scores(
         n_edges = reached[0] if reached else total
         if reached and (lower := [k for k in sizes if k < n_edges]):  # refine between the grid's points
             n_edges = _first_reaching(model, contrast, scores, values, clean, ablated, lower[-1] + 1, n_edges, target)
-    return evaluate_circuit(model, contrast, _top(scores, n_edges), ablation, scores.method, scores, curve)
+    return evaluate_circuit(
+        model, contrast, top_edges(scores, n_edges), ablation, scores.method, scores, curve, n_edges
+    )
 
 
 def _first_reaching(
@@ -190,7 +195,7 @@ def _first_reaching(
 ) -> int:
     graph = scores.graph
     sizes = list(range(lo, hi + 1))
-    masks = torch.stack([graph.valid & ~graph.prune(_top(scores, k)) for k in sizes])
+    masks = torch.stack([graph.valid & ~graph.prune(top_edges(scores, k)) for k in sizes])
     metrics = evaluate_edge_sets(model, contrast, masks, values)
     for k, m in zip(sizes, metrics):
         if _share(float(m), clean, ablated) >= target:
