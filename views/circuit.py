@@ -121,7 +121,12 @@ event = st.plotly_chart(
     on_select="rerun",
     selection_mode="points",
 )
-picked = [p["customdata"] for p in (event.selection.points if event else []) if isinstance(p.get("customdata"), str)]
+picked = []
+for point in event.selection.points if event else []:
+    data = point.get("customdata")
+    data = data[0] if isinstance(data, list) and data else data  # plotly may hand scalar customdata back as a list
+    if isinstance(data, str) and "->" in data:
+        picked.append(data)
 if picked:
     st.session_state["circuit_pick"] = picked[0]
 pick = st.session_state.get("circuit_pick")
