@@ -80,7 +80,7 @@ def checkpoint_file(run_path: Path, step: int) -> Path:
 @st.cache_resource(max_entries=32, show_spinner=False)
 def _status(path: str, stamp: tuple[tuple[str, float, int], ...]) -> list[tuple[int, str | None]]:
     """checkpoint_status, read again only when a weights file appears, changes or goes (`stamp`)."""
-    return checkpoint_status(Path(path))
+    return checkpoint_status(Path(path), root=runs_root())
 
 
 def cached_checkpoint_status(run_path: Path) -> list[tuple[int, str | None]]:
@@ -91,8 +91,11 @@ def cached_checkpoint_status(run_path: Path) -> list[tuple[int, str | None]]:
 
 @st.cache_resource(max_entries=16, show_spinner="Loading the checkpoint...")
 def load_cached(path: str, step: int, mtime: float) -> Run:
-    """The run at `step`; `mtime` is in the key so a checkpoint rewritten in place is read again."""
-    return load_run(Path(path), step=step, device="cpu")
+    """The run at `step`; `mtime` is in the key so a checkpoint rewritten in place is read again.
+
+    Nothing outside the runs folder is read: a run's symlink that leads out is refused, naming it.
+    """
+    return load_run(Path(path), step=step, device="cpu", root=runs_root())
 
 
 @st.cache_resource(max_entries=64, show_spinner=False)

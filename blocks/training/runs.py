@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from blocks.config import TransformerConfig
+from blocks.files import confined
 from blocks.interop import checked_state_dict
 from blocks.tasks import get_task
 from blocks.tasks.base import Task, Tokenizer
@@ -49,15 +50,18 @@ class Run:
     skipped: list[str] = field(default_factory=list)
 
 
-def read_config(path: str | Path) -> dict[str, Any]:
-    """The run's config.json, with an error naming the folder when it is not a run."""
+def read_config(path: str | Path, root: str | Path | None = None) -> dict[str, Any]:
+    """The run's config.json, with an error naming the folder when it is not a run.
+
+    The file must lie inside `root` (default: the run folder itself) once links are followed.
+    """
     path = Path(path)
     file = path / CONFIG
     if not file.is_file():
         raise FileNotFoundError(
             f"{path} is not a run directory: it has no {CONFIG} (train one with python -m blocks.train)"
         )
-    config = read_json(file, "run config")
+    config = read_json(confined(file, path if root is None else root), "run config")
     missing = {"model", "task", "train", "tokenizer"} - set(config)
     if missing:
         raise ValueError(
@@ -132,12 +136,12 @@ def prepare_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool
     atomic_write_bytes(out / CONFIG, json.dumps(config, indent=2).encode())
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+def read_metrics(path: str | Path, root: str | Path | None = None) -> list[dict[str, Any]]:
     """Every line of metrics.jsonl; a half-written last line (a killed run) is skipped."""
     file = Path(path) / METRICS
     if not file.is_file():
         return []
-    lines = file.read_text().splitlines()
+    lines = confined(file, Path(path) if root is None else root).read_text().splitlines()
     out = []
     for i, line in enumerate(lines):
         if not line.strip():
@@ -156,23 +160,28 @@ def list_checkpoints(path: str | Path) -> list[int]:
     return checkpoint_steps(Path(path))
 
 
-def checkpoint_status(path: str | Path) -> list[tuple[int, str | None]]:
-    """(step, None) for each readable checkpoint, (step, why not) for each corrupt or mismatched one."""
+def checkpoint_status(path: str | Path, root: str | Path | None = None) -> list[tuple[int, str | None]]:
+    """(step, None) for each readable checkpoint, (step, why not) for each corrupt or mismatched one.
+
+    Every file read must lie inside `root` (default: the run folder itself) once links are followed.
+    """
     path = Path(path)
-    model = Transformer(TransformerConfig.from_dict(read_config(path)["model"]))
+    root = path if root is None else Path(root)
+    model = Transformer(TransformerConfig.from_dict(read_config(path, root)["model"]))
+    confined(path / CHECKPOINTS, root)
     out: list[tuple[int, str | None]] = []
     for step in list_checkpoints(path):
         try:
-            _read_weights(path, step, model)
+            _read_weights(path, step, model, root)
             out.append((step, None))
         except (ValueError, FileNotFoundError) as err:
             out.append((step, str(err)))
     return out
 
 
-def _read_weights(path: Path, step: int, model: Transformer) -> dict[str, torch.Tensor]:
+def _read_weights(path: Path, step: int, model: Transformer, root: Path) -> dict[str, torch.Tensor]:
     weights = checkpoint_files(path, step)[0]
-    return checked_state_dict(model, load_tensors(weights), source=str(weights))
+    return checked_state_dict(model, load_tensors(confined(weights, root)), source=str(weights))
 
 
 def build_task(config: dict[str, Any]) -> tuple[Task, Tokenizer]:
@@ -183,12 +192,24 @@ def build_task(config: dict[str, Any]) -> tuple[Task, Tokenizer]:
     return task, tokenizer
 
 
-def load_run(path: str | Path, step: int | None = None, device: torch.device | str | None = None) -> Run:
-    """Load the run at `path` at checkpoint `step` (None: the latest readable one) onto `device` (default cpu)."""
+def load_run(
+    path: str | Path,
+    step: int | None = None,
+    device: torch.device | str | None = None,
+    root: str | Path | None = None,
+) -> Run:
+    """Load the run at `path` at checkpoint `step` (None: the latest readable one) onto `device` (default cpu).
+
+    Every file read must lie inside `root` (default: the run folder itself) once symlinks are followed:
+    the app passes its runs folder, so a run's link to a file elsewhere is refused, naming the link.
+    """
     path = Path(path)
-    config = read_config(path)
+    root = path if root is None else Path(root)
+    confined(path, root)
+    config = read_config(path, root)
     task, tokenizer = build_task(config)
     model = Transformer(TransformerConfig.from_dict(config["model"]))
+    confined(path / CHECKPOINTS, root)
     steps = list_checkpoints(path)
     if not steps:
         raise FileNotFoundError(f"the run at {path} has no checkpoints yet (looked in {path / 'checkpoints'})")
@@ -196,11 +217,11 @@ def load_run(path: str | Path, step: int | None = None, device: torch.device | s
     if step is not None:
         if step not in steps:
             raise ValueError(f"the run at {path} has no checkpoint at step {step}; it has {steps}")
-        state = _read_weights(path, step, model)
+        state = _read_weights(path, step, model, root)
     else:
         for candidate in reversed(steps):
             try:
-                state = _read_weights(path, candidate, model)
+                state = _read_weights(path, candidate, model, root)
                 step = candidate
                 break
             except (ValueError, FileNotFoundError) as err:
@@ -214,7 +235,7 @@ def load_run(path: str | Path, step: int | None = None, device: torch.device | s
         model=model,
         task=task,
         tokenizer=tokenizer,
-        metrics=read_metrics(path),
+        metrics=read_metrics(path, root),
         config=config,
         step=step,
         skipped=errors,
