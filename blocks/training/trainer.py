@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from blocks.config import TransformerConfig
 from blocks.interop import is_earlier_layout
+from blocks.size import check_fits
 from blocks.tasks.base import Task
 from blocks.tasks.common import dataset_tensors, target_nll
 from blocks.training.checkpoints import (
@@ -62,8 +63,13 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def checkpoint_schedule(cfg: TrainConfig) -> set[int]:
-    """Step 0, about n_checkpoints geometrically spaced steps (dense early, sparse late), and the last."""
+    """Step 0, about n_checkpoints geometrically spaced steps (dense early, sparse late), and the last.
+
+    At least as many checkpoints as steps means every step (and costs no more to compute than that).
+    """
     n = cfg.n_checkpoints
+    if n > cfg.steps:
+        return set(range(cfg.steps + 1))
     steps = {round(cfg.steps ** (i / max(1, n - 1))) for i in range(n)}
     return steps | {0, cfg.steps}
 
@@ -99,6 +105,7 @@ class Trainer:
                 f"batch_size={train_cfg.batch_size} does not split across {self.world} processes; use a multiple of {self.world}"
             )
         self.config = run_config(task, model_cfg, train_cfg)
+        check_fits(model_cfg, batch=train_cfg.batch_size // self.world, training=True)
         if self.rank == 0:
             prepare_out(self.out, self.config, resume, overwrite)
         self._barrier()
