@@ -202,7 +202,7 @@ def run_only() -> tuple[Run, tuple[str, int, float]] | None:
     except (ValueError, OSError) as err:
         st.error(f"Could not load step {step} of {run_path.name}: {err}")
         return None
-    for message in run.skipped:  # newer checkpoints load_run passed over as unusable
+    for message in run.skipped + run.metrics_skipped:  # newer checkpoints passed over, unreadable metrics lines
         st.sidebar.warning(message)
     return run, (str(run_path), step, mtime)
 

@@ -48,6 +48,8 @@ class Run:
     step: int = 0
     # step=None only: why each newer checkpoint was passed over (corrupt, mismatched), newest first
     skipped: list[str] = field(default_factory=list)
+    # metrics.jsonl lines that could not be read and were left out of `metrics`
+    metrics_skipped: list[str] = field(default_factory=list)
 
 
 def read_config(path: str | Path, root: str | Path | None = None) -> dict[str, Any]:
@@ -137,21 +139,43 @@ def prepare_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool
 
 
 def read_metrics(path: str | Path, root: str | Path | None = None) -> list[dict[str, Any]]:
-    """Every line of metrics.jsonl; a half-written last line (a killed run) is skipped."""
+    """Every record of metrics.jsonl; unreadable lines are left out (`metrics_problems` names them)."""
+    return [record for _, record in metrics_lines(path, root) if record is not None]
+
+
+def metrics_problems(path: str | Path, root: str | Path | None = None) -> list[str]:
+    """One line per unreadable metrics line ("metrics.jsonl line 7 is not ..."), so a reader can warn."""
+    file = Path(path) / METRICS
+    problems = []
+    for number, (line, record) in enumerate(metrics_lines(path, root), start=1):
+        if record is None:
+            problems.append(f"{file} line {number} is not a JSON object with a step and was skipped: {line[:80]!r}")
+    return problems
+
+
+def metrics_lines(path: str | Path, root: str | Path | None = None) -> list[tuple[str, dict[str, Any] | None]]:
+    """(text, record) for each non-empty line of metrics.jsonl; record None where the line is corrupt.
+
+    A corrupt line costs only itself: the run's other numbers and its checkpoints stay usable. A
+    half-written last line (a run killed mid-write) is left out, as it will be written again on resume.
+    """
     file = Path(path) / METRICS
     if not file.is_file():
         return []
-    lines = confined(file, Path(path) if root is None else root).read_text().splitlines()
-    out = []
+    raw = confined(file, Path(path) if root is None else root).read_bytes()
+    lines = [line for line in raw.decode("utf-8", errors="replace").split("\n") if line.strip()]
+    torn = not raw.endswith(b"\n")
+    out: list[tuple[str, dict[str, Any] | None]] = []
     for i, line in enumerate(lines):
-        if not line.strip():
-            continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if i == len(lines) - 1:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            record = None
+        if not (isinstance(record, dict) and type(record.get("step")) is int):
+            if torn and i == len(lines) - 1:
                 break
-            raise ValueError(f"{file} line {i + 1} is not JSON ({err})") from err
+            record = None
+        out.append((line, record))
     return out
 
 
@@ -236,6 +260,7 @@ def load_run(
         task=task,
         tokenizer=tokenizer,
         metrics=read_metrics(path, root),
+        metrics_skipped=metrics_problems(path, root),
         config=config,
         step=step,
         skipped=errors,

@@ -31,7 +31,7 @@ from blocks.training.checkpoints import (
     save_checkpoint,
 )
 from blocks.training.config import TrainConfig
-from blocks.training.runs import CONFIG, METRICS, prepare_out, read_config, read_metrics, run_config
+from blocks.training.runs import CONFIG, METRICS, metrics_lines, prepare_out, read_config, run_config
 from blocks.transformer import Transformer
 from blocks.weights import atomic_write_bytes, check_state_dict
 from scratchnn.devices import pick_device
@@ -169,8 +169,9 @@ class Trainer:
         self.step, self.elapsed = state["step"], state.get("elapsed_s", 0.0)
         self.milestone_step = state.get("milestone_step")
         if self.rank == 0:  # drop numbers logged after the checkpoint: the resumed run logs them again
-            kept = [m for m in read_metrics(self.out) if m.get("step", 0) <= self.step]
-            atomic_write_bytes(self.out / METRICS, "".join(json.dumps(m) + "\n" for m in kept).encode())
+            # a corrupt line is kept as it is (readers skip it and say so): resuming loses nothing
+            kept = [line for line, m in metrics_lines(self.out) if m is None or m["step"] <= self.step]
+            atomic_write_bytes(self.out / METRICS, "".join(line + "\n" for line in kept).encode())
 
     # --- data and loss --------------------------------------------------------------------
     def batch_indices(self, step: int) -> Tensor:

@@ -56,6 +56,8 @@ def check_out(out: str | Path) -> Path:
 def load(args: argparse.Namespace, tasks: Sequence[str] | None = None) -> Run:
     """Load `args.run` at `args.step`; raise WrongTaskError unless its task is one of `tasks`."""
     run = load_run(args.run, step=args.step, device=args.device)
+    for why in run.skipped + run.metrics_skipped:
+        print(f"warning: {why}", file=sys.stderr)
     name = run.config["task"]["name"]
     if tasks is not None and name not in tasks:
         raise WrongTaskError(
