@@ -82,7 +82,13 @@ class TextTask(Task):
     @property
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
-            self._tokenizer = Tokenizer(sorted(set(self.text)), separator="")
+            chars = sorted(set(self.text))
+            if len(chars) < 2:
+                raise ValueError(
+                    f"the text from {self.source!r} holds one distinct character ({chars[0]!r}); there is nothing "
+                    "to predict: give a text with at least two different characters"
+                )
+            self._tokenizer = Tokenizer(chars, separator="")
         return self._tokenizer
 
     def use_tokenizer(self, tokenizer: Tokenizer) -> None:

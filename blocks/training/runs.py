@@ -115,25 +115,37 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return out
 
 
-def prepare_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool) -> None:
-    """Refuse an --out holding another run (unless overwrite); on resume, refuse a config that differs."""
+def check_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool) -> bool:
+    """Refuse an --out holding another run (unless overwrite); on resume, refuse a config that differs.
+
+    Writes nothing. Returns True when the run starts at step 0: the folder is new, is to be
+    overwritten, or holds a start that never saved a checkpoint (a failed or interrupted start, which
+    a plain retry or --resume simply starts again); False when it continues from a checkpoint.
+    """
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other: continue the run, or start it over")
-    has_run = (out / CONFIG).is_file()
+    has_config = (out / CONFIG).is_file()
+    started = bool(checkpoint_steps(out))  # a run is something once it has saved a checkpoint
     if resume:
-        if not has_run:
+        if not has_config:
             raise FileNotFoundError(f"nothing to resume: {out} holds no run (no {CONFIG})")
+        if not started:
+            return True
         diffs = _differences(read_config(out), config)
         if diffs:
             raise ValueError(f"cannot resume {out} with a different config: " + "; ".join(diffs))
-        return
-    if has_run or (out / CHECKPOINTS).exists() or (out / METRICS).exists():
-        if not overwrite:
-            raise FileExistsError(
-                f"{out} already holds a run; pass --resume to continue it or --overwrite to start over"
-            )
-        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-        (out / METRICS).unlink(missing_ok=True)
+        return False
+    # checkpoints or metrics without a config of ours: not our files to replace unasked
+    foreign = not has_config and ((out / CHECKPOINTS).exists() or (out / METRICS).exists())
+    if (started or foreign) and not overwrite:
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
+    return True
+
+
+def start_out(out: Path, config: dict[str, Any]) -> None:
+    """Clear `out` of an earlier start (checkpoints, metrics) and write config.json: the run begins at step 0."""
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    (out / METRICS).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / CONFIG, json.dumps(config, indent=2).encode())
 

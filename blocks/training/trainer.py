@@ -31,7 +31,7 @@ from blocks.training.checkpoints import (
     save_checkpoint,
 )
 from blocks.training.config import TrainConfig
-from blocks.training.runs import CONFIG, METRICS, metrics_lines, prepare_out, read_config, run_config
+from blocks.training.runs import CONFIG, METRICS, check_out, metrics_lines, read_config, run_config, start_out
 from blocks.transformer import Transformer
 from blocks.weights import atomic_write_bytes, check_state_dict
 from scratchnn.devices import pick_device
@@ -106,9 +106,10 @@ class Trainer:
             )
         self.config = run_config(task, model_cfg, train_cfg)
         check_fits(model_cfg, batch=train_cfg.batch_size // self.world, training=True)
-        if self.rank == 0:
-            prepare_out(self.out, self.config, resume, overwrite)
-        self._barrier()
+        # everything that can fail on these options runs before the folder is written, so a refused
+        # start leaves nothing behind; a start that fails later (killed before its first checkpoint)
+        # holds no checkpoint, and check_out lets the same command start it again
+        self.fresh = check_out(self.out, self.config, resume, overwrite) if self.rank == 0 else False
         torch.manual_seed(train_cfg.seed)
         self.model = Transformer(model_cfg).to(self.device)
         self.optimizer = torch.optim.AdamW(
@@ -120,9 +121,14 @@ class Trainer:
         self.tokens, self.mask = dataset_tensors(task.dataset("train"))
         if self.tokens.shape[1] > model_cfg.n_ctx:
             raise ValueError(f"the task's sequences have {self.tokens.shape[1]} tokens but n_ctx is {model_cfg.n_ctx}")
+        # an earlier start that saved nothing, replaced (for the CLI to say so)
+        self.restarted = self.fresh and not overwrite and (self.out / CONFIG).is_file()
+        if self.fresh:
+            start_out(self.out, self.config)
+        self._barrier()
         self.step, self.elapsed, self.milestone_step = 0, 0.0, None
         self.skipped: list[str] = []  # why each newer checkpoint could not be resumed from (for the CLI to warn)
-        if resume:
+        if resume and checkpoint_steps(self.out):
             self._resume()
             if self.rank == 0 and self.cfg.steps >= self.step and read_config(self.out) != self.config:
                 # a changed harmless setting (a longer run, another eval_every): the run now has these
