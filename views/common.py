@@ -66,7 +66,7 @@ class PageContext:
     """Everything a page needs about the chosen run, checkpoint and prompt."""
 
     run: Run
-    key: tuple[str, int, float]  # (run path, step, checkpoint mtime): the cache key of this model
+    key: tuple[str, int, float]  # (run path, step, checkpoint or config mtime): the cache key of this model
     tokens: Tensor  # [1, pos] ids of the prompt
     labels: list[str]  # one unique, readable label per position ("3:a")
     logits: Tensor  # [1, pos, d_vocab]
@@ -84,7 +84,8 @@ def _status(path: str, stamp: tuple[tuple[str, float, int], ...]) -> list[tuple[
 
 
 def cached_checkpoint_status(run_path: Path) -> list[tuple[int, str | None]]:
-    files = sorted((run_path / "checkpoints").glob("step_*.safetensors"))
+    # config.json too: a run whose config is rewritten (or replaced by a crafted one) is read again
+    files = [run_path / "config.json", *sorted((run_path / "checkpoints").glob("step_*.safetensors"))]
     stamp = tuple((f.name, f.stat().st_mtime, f.stat().st_size) for f in files)
     return _status(str(run_path), stamp)
 
@@ -196,7 +197,8 @@ def run_only() -> tuple[Run, tuple[str, int, float]] | None:
     step = _choose_step(run_path)
     if step is None:
         return None
-    mtime = checkpoint_file(run_path, step).stat().st_mtime
+    # the newer of the checkpoint's and the config's times: rewriting either reads the run again
+    mtime = max(checkpoint_file(run_path, step).stat().st_mtime, (run_path / "config.json").stat().st_mtime)
     try:
         run = load_cached(str(run_path), step, mtime)
     except (ValueError, OSError) as err:

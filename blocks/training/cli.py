@@ -29,6 +29,7 @@ from blocks.training.config import TrainConfig
 from blocks.training.runs import CONFIG, RESUME_MAY_CHANGE, read_config
 from blocks.training.trainer import Trainer, TrainingDiverged, TrainResult
 from blocks.weights import read_json
+from scratchnn.errors import describe
 
 MODEL_KEYS = [f.name for f in dataclasses.fields(TransformerConfig)]
 # a given key drops these from the task's defaults, so they are derived again from what was given
@@ -62,6 +63,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 def read_config_file(path: str) -> dict[str, Any]:
     """A flat {key: value} dict from a JSON file (a sectioned run config.json is flattened)."""
     file = Path(path)
+    if file.is_dir():
+        raise ValueError(f"--config {file} is a folder; give a JSON file of options")
     if not file.is_file():
         raise FileNotFoundError(f"no config file at {file}")
     data = read_json(file, "config file")
@@ -188,8 +191,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m blocks.train") ->
             file=sys.stderr,
         )
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - bad input, unreadable files, a full disk, out of memory: one line
+        line = describe(err)
+        if line is None:  # a bug: its traceback is what finds it
+            raise
+        print(f"error: {line}", file=sys.stderr)
         return 2
     finally:
         if torch.distributed.is_initialized():

@@ -10,6 +10,8 @@ from typing import Any, Literal, get_args
 Schedule = Literal["cosine", "linear", "constant"]
 # torch seeds generators with 64-bit ints, and the trainer derives per-epoch seeds from this one
 MAX_SEED = 2**32
+# AdamW's first step is lr / (1 - beta1): past this it overflows float32 and torch raises mid-step
+MAX_LR = 1e30
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 raise ValueError(f"train option {name} must be a finite number, got {value!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 < self.lr <= MAX_LR:
+            raise ValueError(
+                f"lr must be positive and at most 1e30 (AdamW's steps overflow float32 beyond), got {self.lr}"
+            )
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError(f"beta1 and beta2 must lie in [0, 1), got {self.beta1}, {self.beta2}")
         if self.weight_decay < 0 or self.grad_clip < 0 or not 0 <= self.min_lr_frac <= 1:

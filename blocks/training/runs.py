@@ -124,6 +124,8 @@ def check_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool) 
     """
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other: continue the run, or start it over")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the run (it is created if missing)")
     has_config = (out / CONFIG).is_file()
     started = bool(checkpoint_steps(out))  # a run is something once it has saved a checkpoint
     if resume:

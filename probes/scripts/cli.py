@@ -22,6 +22,7 @@ import torch
 from blocks.fast import keep_freed_memory
 from blocks.training.runs import Run, load_run
 from scratchnn.devices import pick_device
+from scratchnn.errors import describe
 
 
 class WrongTaskError(ValueError):
@@ -118,7 +119,9 @@ def main(
             check_out(args.out)
             run = load(args, tasks)
             body(args, run)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    except Exception as err:  # noqa: BLE001 - bad input, unreadable files, a full disk, out of memory: one line
+        message = describe(err)
+        if message is None:  # a bug: its traceback is what finds it
+            raise
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
