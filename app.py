@@ -8,6 +8,7 @@ comes from the probes library or from the run's own files.
 import streamlit as st
 
 from blocks.fast import keep_freed_memory
+from scratchnn.errors import describe
 from views.common import STATE_KEYS
 
 st.set_page_config(page_title="Transformer sandbox", layout="wide")
@@ -32,4 +33,12 @@ pages = [
     st.Page("views/ablate.py", title="Ablate and patch", icon=":material/content_cut:"),
     st.Page("views/circuit.py", title="Circuits", icon=":material/hub:"),
 ]
-st.navigation(pages).run()
+try:
+    st.navigation(pages).run()
+except Exception as err:  # noqa: BLE001 - st.stop and reruns are BaseExceptions and pass through
+    # a failure a person can fix (an unreadable file, a full disk, out of memory) is one line on the
+    # page; a bug is re-raised, and .streamlit/config.toml shows only its type, never server paths
+    line = describe(err)
+    if line is None:
+        raise
+    st.error(line)

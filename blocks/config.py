@@ -10,6 +10,7 @@ from typing import Any, Literal, get_args
 ActFn = Literal["relu", "gelu"]
 Normalization = Literal["LN"] | None
 Positional = Literal["learned", "shortformer"]
+MAX_SIZE = 2**40
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,7 @@ class TransformerConfig:
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "d_model", "n_heads", "d_vocab", "n_ctx"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"TransformerConfig.{name} must be a positive int, got {value!r}")
+            _check_size(name, getattr(self, name))
         if self.d_head is None:
             if self.d_model % self.n_heads:
                 raise ValueError(
@@ -57,9 +56,7 @@ class TransformerConfig:
         if self.init_range is None:
             object.__setattr__(self, "init_range", 0.8 / math.sqrt(self.d_model))
         for name in ("d_head",) if self.attn_only else ("d_head", "d_mlp"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"TransformerConfig.{name} must be a positive int, got {value!r}")
+            _check_size(name, getattr(self, name))
         if not (isinstance(self.init_range, (int, float)) and self.init_range > 0):
             raise ValueError(f"TransformerConfig.init_range must be a positive number, got {self.init_range!r}")
         _check_choice("act_fn", self.act_fn, get_args(ActFn))
@@ -81,6 +78,14 @@ class TransformerConfig:
             # 4 * d_model there; read them as the same model
             data = {**data, "d_mlp": None}
         return cls(**data)
+
+
+def _check_size(name: str, value: object) -> None:
+    # the upper bound only keeps arithmetic on sizes in floats' range; blocks.size checks what fits in memory
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"TransformerConfig.{name} must be a positive int, got {value!r}")
+    if value >= MAX_SIZE:
+        raise ValueError(f"TransformerConfig.{name}={value} is beyond any model that fits in memory (at most 2**40)")
 
 
 def _check_choice(name: str, value: object, choices: tuple[object, ...]) -> None:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from blocks.block import TransformerBlock, normalization
 from blocks.cache import ActivationCache
 from blocks.config import TransformerConfig
+from blocks.size import check_fits
 from scratchnn import Embedding, HookedModule, HookPoint, Linear
 
 
@@ -26,6 +27,7 @@ class Transformer(HookedModule):
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
+        check_fits(cfg)  # before allocating: a crafted config must not take the machine's memory
         self.cfg = cfg
         self.embed = Embedding(cfg.d_vocab, cfg.d_model, init_std=cfg.init_range)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]

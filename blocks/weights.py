@@ -17,6 +17,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+MAX_JSON_BYTES = 256 * 2**20  # far above any config or trainer state; a bigger one is not one of ours
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file and a rename, so readers never see half a file."""
@@ -61,12 +63,26 @@ def load_tensors(path: Path, device: torch.device | str = "cpu") -> dict[str, Te
 def read_json(path: str | Path, what: str = "file") -> Any:
     """Parse a JSON file; a missing or unparsable file raises an error that names it."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"the {what} {path} is a folder, where a JSON file was expected")
     try:
-        return json.loads(path.read_text())
+        size = path.stat().st_size
     except FileNotFoundError:
         raise FileNotFoundError(f"no {what} at {path}") from None
+    if size > MAX_JSON_BYTES:
+        raise ValueError(f"the {what} {path} is {size / 2**20:.0f} MB; a JSON file of options or state is far smaller")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"the {what} {path} is not text (byte {err.start}: {err.object[err.start : err.start + 1]!r}); give a JSON file"
+        ) from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err}); it may be truncated or corrupt") from err
+    except RecursionError:
+        raise ValueError(
+            f"the {what} {path} is nested too deeply to read; a config is a flat or two-level object"
+        ) from None
 
 
 def check_state_dict(model: nn.Module, state: Mapping[str, Tensor], source: str = "state dict") -> None:

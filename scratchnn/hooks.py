@@ -65,6 +65,12 @@ class HookPoint(nn.Module):
                         f"a hook on {self.name} returned {got}; a replacement must be a tensor of "
                         f"the activation's shape {tuple(x.shape)}"
                     )
+                if out.dtype != x.dtype or out.device != x.device:
+                    name = getattr(fn, "__qualname__", repr(fn))
+                    raise ValueError(
+                        f"the hook {name} on {self.name} returned a {out.dtype} tensor on {out.device}; the activation "
+                        f"is {x.dtype} on {x.device}, so return out.to(act.dtype, act.device)"
+                    )
                 x = out
         bwd = scope.bwd.get(self.name)
         if bwd and x.requires_grad:

@@ -108,6 +108,11 @@ def read_mnist_split(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.n
     labels_path = find_idx_file(data_dir, labels_name)
     images = read_idx(images_path, expected_ndim=3)
     labels = read_idx(labels_path, expected_ndim=1)
+    if images.shape[1:] != (28, 28):
+        raise IDXError(f"{images_path} holds images of {images.shape[1]}x{images.shape[2]} pixels; MNIST's are 28x28")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        bad = int(labels.max()) if labels.max() > 9 else int(labels.min())
+        raise IDXError(f"{labels_path} holds the label {bad}; MNIST's labels are the digits 0 to 9")
     if images.shape[0] != labels.shape[0]:
         raise IDXError(f"{images_path} holds {images.shape[0]} images but {labels_path} holds {labels.shape[0]} labels")
     return images, labels

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from scratchnn.devices import pick_device
+from scratchnn.errors import one_line_errors
 from scratchnn.idx import read_mnist_split
 from scratchnn.mlp import MNISTClassifier
 
@@ -170,16 +173,47 @@ def _parse(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
     for flag in ("epochs", "batch_size"):
         if getattr(args, flag) <= 0:
             p.error(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
-    if not args.lr > 0:
-        p.error(f"--lr must be positive, got {args.lr}")
+    if not 0 < args.lr <= 1e30:  # Adam's first step is lr / (1 - beta1): beyond this it overflows float32
+        p.error(f"--lr must be a positive finite number no larger than 1e30, got {args.lr}")
     if args.save is not None and args.save.suffix != ".safetensors":
         p.error(f"--save writes safetensors; give a path ending in .safetensors, got {args.save}")
     return args
 
 
+def check_save_path(path: Path) -> None:
+    """Raise a one-line ValueError now if `path` cannot be written, rather than after training."""
+    if path.is_dir():
+        raise ValueError(f"--save {path} is a folder; give a file name ending in .safetensors")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"--save {path} cannot be written ({err.strerror}); give a path in a folder you can write"
+        ) from None
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    """The weights as safetensors, through a temporary file and a rename: a kill leaves no half file."""
+    from safetensors.torch import save_file
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@one_line_errors
 def main(argv: Sequence[str] | None = None, prog: str = "python -m scratchnn.mnist") -> int:
     args = _parse(argv, prog)
     try:
+        if args.save is not None:
+            check_save_path(args.save)
         device = pick_device(args.device)
         t0 = time.perf_counter()
         splits = load_mnist(args.data_dir)
@@ -199,6 +233,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m scratchnn.mni
         loss = train_epoch(
             model, optimizer, train, args.batch_size, generator, desc=f"epoch {epoch}", scheduler=scheduler
         )
+        if not math.isfinite(loss):
+            print(
+                f"stopped: the training loss became {loss} in epoch {epoch} (lr {args.lr:g}); nothing was saved. "
+                "Try a lower --lr",
+                file=sys.stderr,
+            )
+            return 1
         acc = accuracy(model, test)
         print(
             f"epoch {epoch}/{args.epochs}: train loss {loss:.4f}, test accuracy {acc:.2%} "
@@ -206,10 +247,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m scratchnn.mni
         )
 
     if args.save is not None:
-        from safetensors.torch import save_file
-
-        args.save.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(args.save))
+        save_weights(model, args.save)
         print(f"saved weights to {args.save}")
     return 0
 

@@ -74,7 +74,7 @@ class PageContext:
     """Everything a page needs about the chosen run, checkpoint and prompt."""
 
     run: Run
-    key: tuple[str, int, float]  # (run path, step, checkpoint mtime): the cache key of this model
+    key: tuple[str, int, float]  # (run path, step, checkpoint or config mtime): the cache key of this model
     tokens: Tensor  # [1, pos] ids of the prompt
     labels: list[str]  # one unique, readable label per position ("3:a")
     logits: Tensor  # [1, pos, d_vocab]
@@ -88,19 +88,23 @@ def checkpoint_file(run_path: Path, step: int) -> Path:
 @st.cache_resource(max_entries=32, show_spinner=False)
 def _status(path: str, stamp: tuple[tuple[str, float, int], ...]) -> list[tuple[int, str | None]]:
     """checkpoint_status, read again only when a weights file appears, changes or goes (`stamp`)."""
-    return checkpoint_status(Path(path))
+    return checkpoint_status(Path(path), root=runs_root())
 
 
 def cached_checkpoint_status(run_path: Path) -> list[tuple[int, str | None]]:
-    files = sorted((run_path / "checkpoints").glob("step_*.safetensors"))
+    # config.json too: a run whose config is rewritten (or replaced by a crafted one) is read again
+    files = [run_path / "config.json", *sorted((run_path / "checkpoints").glob("step_*.safetensors"))]
     stamp = tuple((f.name, f.stat().st_mtime, f.stat().st_size) for f in files)
     return _status(str(run_path), stamp)
 
 
 @st.cache_resource(max_entries=16, show_spinner="Loading the checkpoint...")
 def load_cached(path: str, step: int, mtime: float) -> Run:
-    """The run at `step`; `mtime` is in the key so a checkpoint rewritten in place is read again."""
-    return load_run(Path(path), step=step, device="cpu")
+    """The run at `step`; `mtime` is in the key so a checkpoint rewritten in place is read again.
+
+    Nothing outside the runs folder is read: a run's symlink that leads out is refused, naming it.
+    """
+    return load_run(Path(path), step=step, device="cpu", root=runs_root())
 
 
 @st.cache_resource(max_entries=64, show_spinner=False)
@@ -201,13 +205,14 @@ def run_only() -> tuple[Run, tuple[str, int, float]] | None:
     step = _choose_step(run_path)
     if step is None:
         return None
-    mtime = checkpoint_file(run_path, step).stat().st_mtime
+    # the newer of the checkpoint's and the config's times: rewriting either reads the run again
+    mtime = max(checkpoint_file(run_path, step).stat().st_mtime, (run_path / "config.json").stat().st_mtime)
     try:
         run = load_cached(str(run_path), step, mtime)
     except (ValueError, OSError) as err:
         st.error(f"Could not load step {step} of {run_path.name}: {err}")
         return None
-    for message in run.skipped:  # newer checkpoints load_run passed over as unusable
+    for message in run.skipped + run.metrics_skipped:  # newer checkpoints passed over, unreadable metrics lines
         st.sidebar.warning(message)
     return run, (str(run_path), step, mtime)
 

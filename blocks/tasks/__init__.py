@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import types
+import typing
 from typing import Any
 
 from blocks.tasks.base import Task, Tokenizer, UnknownTokenError
@@ -31,7 +33,30 @@ def get_task(name: str, **options: Any) -> Task:
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"task {name!r} has no option(s) {unknown}; valid options are {sorted(valid)}")
+    hints = typing.get_type_hints(cls.__init__)
+    for key, value in options.items():
+        _check_option_type(name, key, value, hints.get(key))
     return cls(**options)
+
+
+def _check_option_type(task: str, key: str, value: Any, hint: Any) -> None:
+    """A ValueError naming the option when `value` is not of the annotated type (`--seq_len abc`)."""
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for kind in allowed:
+        if kind is type(None) and value is None:
+            return
+        if kind is bool and isinstance(value, bool):
+            return
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if kind is str and isinstance(value, str):
+            return
+        if kind not in (type(None), bool, int, float, str):  # a type this check does not know: the task checks it
+            return
+    names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
+    raise ValueError(f"task {task!r} option {key} must be {names}, got {value!r}")
 
 
 def _task_class(name: str) -> type[Task]:

@@ -101,6 +101,9 @@ class Task(ABC):
     name: ClassVar[str]
 
     def __init__(self, seed: int = 0) -> None:
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+            # torch's generators take 64-bit seeds, and tasks derive several from this one
+            raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
         self.seed = seed
 
     @property

@@ -82,7 +82,13 @@ class TextTask(Task):
     @property
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
-            self._tokenizer = Tokenizer(sorted(set(self.text)), separator="")
+            chars = sorted(set(self.text))
+            if len(chars) < 2:
+                raise ValueError(
+                    f"the text from {self.source!r} holds one distinct character ({chars[0]!r}); there is nothing "
+                    "to predict: give a text with at least two different characters"
+                )
+            self._tokenizer = Tokenizer(chars, separator="")
         return self._tokenizer
 
     def use_tokenizer(self, tokenizer: Tokenizer) -> None:
@@ -154,10 +160,21 @@ def read_text(source: str, text_column: str = "text", split: str = "train") -> s
             ds = ds[split]
         return _join_column(ds, text_column, str(path))
     if path.suffix in _TABLE_FORMATS and path.is_file():
-        ds = datasets.load_dataset(_TABLE_FORMATS[path.suffix], data_files=str(path), split="train")
+        fmt = _TABLE_FORMATS[path.suffix]
+        try:
+            ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
+        except datasets.exceptions.DatasetGenerationError as err:
+            cause = " ".join(str(err.__cause__ or err).split())
+            raise ValueError(f"{path} could not be read as {fmt.upper()} ({cause}); check the file's format") from err
         return _join_column(ds, text_column, str(path))
     if path.is_file():
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"{path} is not UTF-8 text (byte {err.start} is {err.object[err.start : err.start + 1]!r}); "
+                "give a text file, or a .csv/.json/.jsonl/.parquet data file with a text column"
+            ) from None
         if not text:
             raise ValueError(f"{path} is empty; a text task needs characters to model")
         return text

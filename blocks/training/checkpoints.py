@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from blocks.files import confined
 from blocks.weights import atomic_write_bytes, load_tensors, read_json, save_tensors
 
 CHECKPOINTS = "checkpoints"
@@ -54,8 +55,11 @@ def save_checkpoint(
 
 
 def load_training_state(run_dir: Path, step: int) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
-    """(weights, optimizer state_dict, trainer state) of `step`; errors name the unreadable file."""
-    weights, optim_path, state_path = checkpoint_files(run_dir, step)
+    """(weights, optimizer state_dict, trainer state) of `step`; errors name the unreadable file.
+
+    A file that a symlink leads outside `run_dir` is refused (OutsideFolderError, a ValueError).
+    """
+    weights, optim_path, state_path = (confined(p, run_dir) for p in checkpoint_files(run_dir, step))
     model_state = load_tensors(weights)
     tensors = load_tensors(optim_path)
     state = read_json(state_path, f"trainer state for checkpoint {step}")

@@ -29,6 +29,7 @@ from blocks.training.config import TrainConfig
 from blocks.training.runs import CONFIG, RESUME_MAY_CHANGE, read_config
 from blocks.training.trainer import Trainer, TrainingDiverged, TrainResult
 from blocks.weights import read_json
+from scratchnn.errors import describe
 
 MODEL_KEYS = [f.name for f in dataclasses.fields(TransformerConfig)]
 # a given key drops these from the task's defaults, so they are derived again from what was given
@@ -62,6 +63,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 def read_config_file(path: str) -> dict[str, Any]:
     """A flat {key: value} dict from a JSON file (a sectioned run config.json is flattened)."""
     file = Path(path)
+    if file.is_dir():
+        raise ValueError(f"--config {file} is a folder; give a JSON file of options")
     if not file.is_file():
         raise FileNotFoundError(f"no config file at {file}")
     data = read_json(file, "config file")
@@ -86,7 +89,8 @@ def flatten_run_config(data: dict[str, Any]) -> dict[str, Any]:
 def resume_options(out: Path, task_name: str | None, given: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """(task, options) to resume the run in `out`: its own config.json, overridden by the `given` options.
 
-    The device is left out (it says where the run ran, not what it is), so it is "auto" unless given.
+    The device is left out (it says where the run ran, not what it is), so it is "auto" unless given,
+    and so is d_vocab, which the task derives.
     """
     if not (out / CONFIG).is_file():
         raise FileNotFoundError(f"nothing to resume: {out} holds no run (no {CONFIG}); drop --resume to start one")
@@ -97,6 +101,9 @@ def resume_options(out: Path, task_name: str | None, given: dict[str, Any]) -> t
             f"cannot resume {out}: it is a run of task {run_task!r}, not {task_name!r}; drop --task or pick another --out"
         )
     options.pop("device", None)
+    # d_vocab follows from the task: re-derived, so a changed task option or text is reported as
+    # itself (task.n_symbols, tokenizer) rather than as a d_vocab the person never gave
+    options.pop("d_vocab", None)
     return run_task, {**options, **given}
 
 
@@ -146,6 +153,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m blocks.train") ->
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args, rest = parser.parse_known_args(argv)
     rank0 = int(os.environ.get("RANK", "0")) == 0
+    out: Path | None = None
     try:
         keep_freed_memory()
         options = read_config_file(args.config) if args.config else {}
@@ -164,6 +172,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m blocks.train") ->
             task, model_cfg, train_cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
         )
         if rank0:
+            if trainer.restarted:
+                print(f"note: {out} held a start that saved no checkpoint; starting it again", file=sys.stderr)
             for why in trainer.skipped:
                 print(f"warning: unusable {why}", file=sys.stderr)
             print(
@@ -175,10 +185,17 @@ def main(argv: list[str] | None = None, prog: str = "python -m blocks.train") ->
         print(f"stopped: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted before training started; nothing saved", file=sys.stderr)
+        print(
+            f"interrupted before the first checkpoint, so nothing was trained yet; the same command starts "
+            f"the run in {out or 'its folder'} again",
+            file=sys.stderr,
+        )
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - bad input, unreadable files, a full disk, out of memory: one line
+        line = describe(err)
+        if line is None:  # a bug: its traceback is what finds it
+            raise
+        print(f"error: {line}", file=sys.stderr)
         return 2
     finally:
         if torch.distributed.is_initialized():

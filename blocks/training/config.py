@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 Schedule = Literal["cosine", "linear", "constant"]
+# torch seeds generators with 64-bit ints, and the trainer derives per-epoch seeds from this one
+MAX_SEED = 2**32
+# AdamW's first step is lr / (1 - beta1): past this it overflows float32 and torch raises mid-step
+MAX_LR = 1e30
 
 
 @dataclass(frozen=True)
@@ -44,18 +49,21 @@ class TrainConfig:
         if not isinstance(self.warmup_steps, int) or not 0 <= self.warmup_steps <= self.steps:
             raise ValueError(f"warmup_steps must be an int in [0, steps={self.steps}], got {self.warmup_steps!r}")
         for name in ("lr", "beta1", "beta2", "grad_clip", "min_lr_frac", "weight_decay"):
-            if not isinstance(getattr(self, name), (int, float)) or isinstance(getattr(self, name), bool):
-                raise ValueError(f"train option {name} must be a number, got {getattr(self, name)!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"train option {name} must be a finite number, got {value!r}")
+        if not 0 < self.lr <= MAX_LR:
+            raise ValueError(
+                f"lr must be positive and at most 1e30 (AdamW's steps overflow float32 beyond), got {self.lr}"
+            )
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError(f"beta1 and beta2 must lie in [0, 1), got {self.beta1}, {self.beta2}")
         if self.weight_decay < 0 or self.grad_clip < 0 or not 0 <= self.min_lr_frac <= 1:
             raise ValueError("weight_decay and grad_clip must be >= 0 (0 turns clipping off) and min_lr_frac in [0, 1]")
         if self.schedule not in get_args(Schedule):
             raise ValueError(f"schedule must be one of {list(get_args(Schedule))}, got {self.schedule!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < MAX_SEED:
+            raise ValueError(f"seed must be an int in [0, 2**32), got {self.seed!r}")
         if not isinstance(self.bf16, bool):
             raise ValueError(f"bf16 must be true or false, got {self.bf16!r}")
 

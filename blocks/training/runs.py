@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from blocks.config import TransformerConfig
+from blocks.files import confined
 from blocks.interop import checked_state_dict
 from blocks.tasks import get_task
 from blocks.tasks.base import Task, Tokenizer
@@ -47,17 +48,22 @@ class Run:
     step: int = 0
     # step=None only: why each newer checkpoint was passed over (corrupt, mismatched), newest first
     skipped: list[str] = field(default_factory=list)
+    # metrics.jsonl lines that could not be read and were left out of `metrics`
+    metrics_skipped: list[str] = field(default_factory=list)
 
 
-def read_config(path: str | Path) -> dict[str, Any]:
-    """The run's config.json, with an error naming the folder when it is not a run."""
+def read_config(path: str | Path, root: str | Path | None = None) -> dict[str, Any]:
+    """The run's config.json, with an error naming the folder when it is not a run.
+
+    The file must lie inside `root` (default: the run folder itself) once links are followed.
+    """
     path = Path(path)
     file = path / CONFIG
     if not file.is_file():
         raise FileNotFoundError(
             f"{path} is not a run directory: it has no {CONFIG} (train one with python -m blocks.train)"
         )
-    config = read_json(file, "run config")
+    config = read_json(confined(file, path if root is None else root), "run config")
     missing = {"model", "task", "train", "tokenizer"} - set(config)
     if missing:
         raise ValueError(
@@ -109,45 +115,81 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return out
 
 
-def prepare_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool) -> None:
-    """Refuse an --out holding another run (unless overwrite); on resume, refuse a config that differs."""
+def check_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool) -> bool:
+    """Refuse an --out holding another run (unless overwrite); on resume, refuse a config that differs.
+
+    Writes nothing. Returns True when the run starts at step 0: the folder is new, is to be
+    overwritten, or holds a start that never saved a checkpoint (a failed or interrupted start, which
+    a plain retry or --resume simply starts again); False when it continues from a checkpoint.
+    """
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other: continue the run, or start it over")
-    has_run = (out / CONFIG).is_file()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the run (it is created if missing)")
+    has_config = (out / CONFIG).is_file()
+    started = bool(checkpoint_steps(out))  # a run is something once it has saved a checkpoint
     if resume:
-        if not has_run:
+        if not has_config:
             raise FileNotFoundError(f"nothing to resume: {out} holds no run (no {CONFIG})")
+        if not started:
+            return True
         diffs = _differences(read_config(out), config)
         if diffs:
             raise ValueError(f"cannot resume {out} with a different config: " + "; ".join(diffs))
-        return
-    if has_run or (out / CHECKPOINTS).exists() or (out / METRICS).exists():
-        if not overwrite:
-            raise FileExistsError(
-                f"{out} already holds a run; pass --resume to continue it or --overwrite to start over"
-            )
-        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-        (out / METRICS).unlink(missing_ok=True)
+        return False
+    # checkpoints or metrics without a config of ours: not our files to replace unasked
+    foreign = not has_config and ((out / CHECKPOINTS).exists() or (out / METRICS).exists())
+    if (started or foreign) and not overwrite:
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
+    return True
+
+
+def start_out(out: Path, config: dict[str, Any]) -> None:
+    """Clear `out` of an earlier start (checkpoints, metrics) and write config.json: the run begins at step 0."""
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    (out / METRICS).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / CONFIG, json.dumps(config, indent=2).encode())
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Every line of metrics.jsonl; a half-written last line (a killed run) is skipped."""
+def read_metrics(path: str | Path, root: str | Path | None = None) -> list[dict[str, Any]]:
+    """Every record of metrics.jsonl; unreadable lines are left out (`metrics_problems` names them)."""
+    return [record for _, record in metrics_lines(path, root) if record is not None]
+
+
+def metrics_problems(path: str | Path, root: str | Path | None = None) -> list[str]:
+    """One line per unreadable metrics line ("metrics.jsonl line 7 is not ..."), so a reader can warn."""
+    file = Path(path) / METRICS
+    problems = []
+    for number, (line, record) in enumerate(metrics_lines(path, root), start=1):
+        if record is None:
+            problems.append(f"{file} line {number} is not a JSON object with a step and was skipped: {line[:80]!r}")
+    return problems
+
+
+def metrics_lines(path: str | Path, root: str | Path | None = None) -> list[tuple[str, dict[str, Any] | None]]:
+    """(text, record) for each non-empty line of metrics.jsonl; record None where the line is corrupt.
+
+    A corrupt line costs only itself: the run's other numbers and its checkpoints stay usable. A
+    half-written last line (a run killed mid-write) is left out, as it will be written again on resume.
+    """
     file = Path(path) / METRICS
     if not file.is_file():
         return []
-    lines = file.read_text().splitlines()
-    out = []
+    raw = confined(file, Path(path) if root is None else root).read_bytes()
+    lines = [line for line in raw.decode("utf-8", errors="replace").split("\n") if line.strip()]
+    torn = not raw.endswith(b"\n")
+    out: list[tuple[str, dict[str, Any] | None]] = []
     for i, line in enumerate(lines):
-        if not line.strip():
-            continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if i == len(lines) - 1:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            record = None
+        if not (isinstance(record, dict) and type(record.get("step")) is int):
+            if torn and i == len(lines) - 1:
                 break
-            raise ValueError(f"{file} line {i + 1} is not JSON ({err})") from err
+            record = None
+        out.append((line, record))
     return out
 
 
@@ -156,23 +198,28 @@ def list_checkpoints(path: str | Path) -> list[int]:
     return checkpoint_steps(Path(path))
 
 
-def checkpoint_status(path: str | Path) -> list[tuple[int, str | None]]:
-    """(step, None) for each readable checkpoint, (step, why not) for each corrupt or mismatched one."""
+def checkpoint_status(path: str | Path, root: str | Path | None = None) -> list[tuple[int, str | None]]:
+    """(step, None) for each readable checkpoint, (step, why not) for each corrupt or mismatched one.
+
+    Every file read must lie inside `root` (default: the run folder itself) once links are followed.
+    """
     path = Path(path)
-    model = Transformer(TransformerConfig.from_dict(read_config(path)["model"]))
+    root = path if root is None else Path(root)
+    model = Transformer(TransformerConfig.from_dict(read_config(path, root)["model"]))
+    confined(path / CHECKPOINTS, root)
     out: list[tuple[int, str | None]] = []
     for step in list_checkpoints(path):
         try:
-            _read_weights(path, step, model)
+            _read_weights(path, step, model, root)
             out.append((step, None))
         except (ValueError, FileNotFoundError) as err:
             out.append((step, str(err)))
     return out
 
 
-def _read_weights(path: Path, step: int, model: Transformer) -> dict[str, torch.Tensor]:
+def _read_weights(path: Path, step: int, model: Transformer, root: Path) -> dict[str, torch.Tensor]:
     weights = checkpoint_files(path, step)[0]
-    return checked_state_dict(model, load_tensors(weights), source=str(weights))
+    return checked_state_dict(model, load_tensors(confined(weights, root)), source=str(weights))
 
 
 def build_task(config: dict[str, Any]) -> tuple[Task, Tokenizer]:
@@ -183,12 +230,24 @@ def build_task(config: dict[str, Any]) -> tuple[Task, Tokenizer]:
     return task, tokenizer
 
 
-def load_run(path: str | Path, step: int | None = None, device: torch.device | str | None = None) -> Run:
-    """Load the run at `path` at checkpoint `step` (None: the latest readable one) onto `device` (default cpu)."""
+def load_run(
+    path: str | Path,
+    step: int | None = None,
+    device: torch.device | str | None = None,
+    root: str | Path | None = None,
+) -> Run:
+    """Load the run at `path` at checkpoint `step` (None: the latest readable one) onto `device` (default cpu).
+
+    Every file read must lie inside `root` (default: the run folder itself) once symlinks are followed:
+    the app passes its runs folder, so a run's link to a file elsewhere is refused, naming the link.
+    """
     path = Path(path)
-    config = read_config(path)
+    root = path if root is None else Path(root)
+    confined(path, root)
+    config = read_config(path, root)
     task, tokenizer = build_task(config)
     model = Transformer(TransformerConfig.from_dict(config["model"]))
+    confined(path / CHECKPOINTS, root)
     steps = list_checkpoints(path)
     if not steps:
         raise FileNotFoundError(f"the run at {path} has no checkpoints yet (looked in {path / 'checkpoints'})")
@@ -196,11 +255,11 @@ def load_run(path: str | Path, step: int | None = None, device: torch.device | s
     if step is not None:
         if step not in steps:
             raise ValueError(f"the run at {path} has no checkpoint at step {step}; it has {steps}")
-        state = _read_weights(path, step, model)
+        state = _read_weights(path, step, model, root)
     else:
         for candidate in reversed(steps):
             try:
-                state = _read_weights(path, candidate, model)
+                state = _read_weights(path, candidate, model, root)
                 step = candidate
                 break
             except (ValueError, FileNotFoundError) as err:
@@ -214,7 +273,8 @@ def load_run(path: str | Path, step: int | None = None, device: torch.device | s
         model=model,
         task=task,
         tokenizer=tokenizer,
-        metrics=read_metrics(path),
+        metrics=read_metrics(path, root),
+        metrics_skipped=metrics_problems(path, root),
         config=config,
         step=step,
         skipped=errors,

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from blocks.config import TransformerConfig
 from blocks.interop import is_earlier_layout
+from blocks.size import check_fits
 from blocks.tasks.base import Task
 from blocks.tasks.common import dataset_tensors, target_nll
 from blocks.training.checkpoints import (
@@ -30,7 +31,7 @@ from blocks.training.checkpoints import (
     save_checkpoint,
 )
 from blocks.training.config import TrainConfig
-from blocks.training.runs import CONFIG, METRICS, prepare_out, read_config, read_metrics, run_config
+from blocks.training.runs import CONFIG, METRICS, check_out, metrics_lines, read_config, run_config, start_out
 from blocks.transformer import Transformer
 from blocks.weights import atomic_write_bytes, check_state_dict
 from scratchnn.devices import pick_device
@@ -62,8 +63,13 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def checkpoint_schedule(cfg: TrainConfig) -> set[int]:
-    """Step 0, about n_checkpoints geometrically spaced steps (dense early, sparse late), and the last."""
+    """Step 0, about n_checkpoints geometrically spaced steps (dense early, sparse late), and the last.
+
+    At least as many checkpoints as steps means every step (and costs no more to compute than that).
+    """
     n = cfg.n_checkpoints
+    if n > cfg.steps:
+        return set(range(cfg.steps + 1))
     steps = {round(cfg.steps ** (i / max(1, n - 1))) for i in range(n)}
     return steps | {0, cfg.steps}
 
@@ -99,9 +105,11 @@ class Trainer:
                 f"batch_size={train_cfg.batch_size} does not split across {self.world} processes; use a multiple of {self.world}"
             )
         self.config = run_config(task, model_cfg, train_cfg)
-        if self.rank == 0:
-            prepare_out(self.out, self.config, resume, overwrite)
-        self._barrier()
+        check_fits(model_cfg, batch=train_cfg.batch_size // self.world, training=True)
+        # everything that can fail on these options runs before the folder is written, so a refused
+        # start leaves nothing behind; a start that fails later (killed before its first checkpoint)
+        # holds no checkpoint, and check_out lets the same command start it again
+        self.fresh = check_out(self.out, self.config, resume, overwrite) if self.rank == 0 else False
         torch.manual_seed(train_cfg.seed)
         self.model = Transformer(model_cfg).to(self.device)
         self.optimizer = torch.optim.AdamW(
@@ -113,9 +121,14 @@ class Trainer:
         self.tokens, self.mask = dataset_tensors(task.dataset("train"))
         if self.tokens.shape[1] > model_cfg.n_ctx:
             raise ValueError(f"the task's sequences have {self.tokens.shape[1]} tokens but n_ctx is {model_cfg.n_ctx}")
+        # an earlier start that saved nothing, replaced (for the CLI to say so)
+        self.restarted = self.fresh and not overwrite and (self.out / CONFIG).is_file()
+        if self.fresh:
+            start_out(self.out, self.config)
+        self._barrier()
         self.step, self.elapsed, self.milestone_step = 0, 0.0, None
         self.skipped: list[str] = []  # why each newer checkpoint could not be resumed from (for the CLI to warn)
-        if resume:
+        if resume and checkpoint_steps(self.out):
             self._resume()
             if self.rank == 0 and self.cfg.steps >= self.step and read_config(self.out) != self.config:
                 # a changed harmless setting (a longer run, another eval_every): the run now has these
@@ -162,8 +175,9 @@ class Trainer:
         self.step, self.elapsed = state["step"], state.get("elapsed_s", 0.0)
         self.milestone_step = state.get("milestone_step")
         if self.rank == 0:  # drop numbers logged after the checkpoint: the resumed run logs them again
-            kept = [m for m in read_metrics(self.out) if m.get("step", 0) <= self.step]
-            atomic_write_bytes(self.out / METRICS, "".join(json.dumps(m) + "\n" for m in kept).encode())
+            # a corrupt line is kept as it is (readers skip it and say so): resuming loses nothing
+            kept = [line for line, m in metrics_lines(self.out) if m is None or m["step"] <= self.step]
+            atomic_write_bytes(self.out / METRICS, "".join(line + "\n" for line in kept).encode())
 
     # --- data and loss --------------------------------------------------------------------
     def batch_indices(self, step: int) -> Tensor:

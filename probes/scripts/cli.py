@@ -22,6 +22,7 @@ import torch
 from blocks.fast import keep_freed_memory
 from blocks.training.runs import Run, load_run
 from scratchnn.devices import pick_device
+from scratchnn.errors import describe
 
 
 class WrongTaskError(ValueError):
@@ -56,6 +57,8 @@ def check_out(out: str | Path) -> Path:
 def load(args: argparse.Namespace, tasks: Sequence[str] | None = None) -> Run:
     """Load `args.run` at `args.step`; raise WrongTaskError unless its task is one of `tasks`."""
     run = load_run(args.run, step=args.step, device=args.device)
+    for why in run.skipped + run.metrics_skipped:
+        print(f"warning: {why}", file=sys.stderr)
     name = run.config["task"]["name"]
     if tasks is not None and name not in tasks:
         raise WrongTaskError(
@@ -116,7 +119,9 @@ def main(
             check_out(args.out)
             run = load(args, tasks)
             body(args, run)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    except Exception as err:  # noqa: BLE001 - bad input, unreadable files, a full disk, out of memory: one line
+        message = describe(err)
+        if message is None:  # a bug: its traceback is what finds it
+            raise
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)

@@ -19,6 +19,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from scratchnn.errors import one_line_errors
+
 PROBES = ("circuit", "fourier", "head_scores", "information_flow", "patching", "probing", "sycophancy")
 APP = Path(__file__).resolve().parents[2] / "app.py"  # the app lives beside the packages in a checkout
 
@@ -27,6 +29,7 @@ def usage() -> str:
     return __doc__.split("\n\n")[1] + f"\n\nprobe scripts: {', '.join(PROBES)}\n"
 
 
+@one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
