@@ -190,7 +190,7 @@ def test_the_sandbox_command_runs_each_probe_script_by_name(runs, tmp_path, caps
         "sandbox",
     }
     assert sandbox.main(["probe", "no_such_probe"]) == 2
-    assert "sandbox probe takes one of fourier, head_scores" in capsys.readouterr().err
+    assert "sandbox probe takes one of circuit, fourier, head_scores" in capsys.readouterr().err
     assert sandbox.main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
