@@ -1,4 +1,4 @@
-"""Files of a run folder that someone else may have written: paths that must stay inside the folder.
+"""Files of a run folder: paths that must stay inside it, and the lock that lets one trainer write it.
 
 A run folder is data, and data can hold symlinks. Whatever reads a run (load_run, the app, the
 trainer on --resume) resolves each path it opens and refuses one that leads outside the folder
@@ -7,7 +7,9 @@ it was given, naming the link, so that a crafted run cannot show or load files f
 
 from __future__ import annotations
 
+import fcntl
 import os
+import sys
 from pathlib import Path
 
 
@@ -39,3 +41,59 @@ def _link_of(path: Path, root: Path) -> str:
         if here.is_symlink():
             return f"{here} (a link to {os.readlink(here)})"
     return str(path)
+
+
+class RunLockedError(FileExistsError):
+    """Another process is training into the same run folder (an OSError, so every entry point says it in one line)."""
+
+
+class RunLock:
+    """An exclusive lock on a run folder for as long as one trainer writes it (flock on `.train.lock`).
+
+    The kernel drops the lock when the holding process ends, however it ends, so a killed trainer
+    never leaves its folder locked (only a stale file, which the next trainer takes over). Within one process the lock is shared: a test or notebook may
+    build a second Trainer on a folder while the first is done with it.
+    """
+
+    NAME = ".train.lock"
+    _held: dict[Path, tuple[int, int]] = {}  # resolved lock path -> (fd, holders in this process)
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = (folder / self.NAME).resolve()
+        self.released = False
+        if self.path in self._held:
+            fd, count = self._held[self.path]
+            self._held[self.path] = (fd, count + 1)
+            return
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise RunLockedError(
+                    f"{folder} is being trained by {holder}; wait for it to finish or stop it, then run this again"
+                ) from None
+            # the holder we waited on may have removed the file as it released it: lock the file now there
+            try:
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} ({' '.join(sys.argv)[:120]})".encode())
+        self._held[self.path] = (fd, 1)
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        fd, count = self._held.pop(self.path)
+        if count > 1:
+            self._held[self.path] = (fd, count - 1)
+        else:
+            self.path.unlink(missing_ok=True)  # a finished run keeps no lock file (a killed one leaves a stale one)
+            os.close(fd)  # closing the descriptor releases the flock

@@ -5,25 +5,29 @@ Nothing here unpickles anything: weights are safetensors, everything else is JSO
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+CHECKSUM = "sha256"  # the metadata key of a safetensors file's checksum
+TEMP_SUFFIX = ".tmp"  # atomic writes go through ".<name>.<random>.tmp" beside the target
 MAX_JSON_BYTES = 256 * 2**20  # far above any config or trainer state; a bigger one is not one of ours
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file and a rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -36,13 +40,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def save_tensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Save tensors as safetensors atomically (contiguous CPU copies; shared storage is split)."""
+    """Save tensors as safetensors atomically (contiguous CPU copies; shared storage is split).
+
+    The file's metadata holds a SHA-256 of every tensor's name, dtype, shape and bytes, which
+    load_tensors checks: a flipped bit in the data is an error, not a silently different model.
+    """
     path = Path(path)
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
-        save_file(plain, tmp, metadata=metadata)
+        try:
+            save_file(plain, tmp, metadata={**(metadata or {}), CHECKSUM: tensors_digest(plain)})
+        except SafetensorError as err:  # a full disk, a size limit: the OSError it wraps, naming the file
+            code = re.search(r"os error (\d+)", str(err))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from err
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -50,14 +64,49 @@ def save_tensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str
 
 
 def load_tensors(path: Path, device: torch.device | str = "cpu") -> dict[str, Tensor]:
-    """Load a safetensors file, naming the file when it is missing or corrupt."""
+    """Load a safetensors file, naming the file when it is missing, corrupt or fails its checksum.
+
+    Files written before checksums were stored (no "sha256" in their metadata) load unchecked.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path}")
     try:
-        return load_file(str(path), device=str(device))
+        with safe_open(str(path), framework="pt") as f:
+            expected = (f.metadata() or {}).get(CHECKSUM)
+        tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"{path} is not a readable safetensors file ({err}); it may be truncated or corrupt") from err
+    if expected is not None and tensors_digest(tensors) != expected:
+        raise ValueError(
+            f"{path} fails its checksum: its tensor data changed after it was written (a flipped bit, a partial "
+            "copy); it is corrupt"
+        )
+    return {k: v.to(device) for k, v in tensors.items()} if str(device) != "cpu" else tensors
+
+
+def tensors_digest(tensors: Mapping[str, Tensor]) -> str:
+    """SHA-256 over each tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def remove_temp_files(folder: Path) -> list[Path]:
+    """Delete the temporary files that a killed atomic write left in `folder`; return them.
+
+    Only for a folder no other process is writing (the trainer holds the run's lock).
+    """
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX) and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:

@@ -10,10 +10,13 @@ other's hooks.
 from __future__ import annotations
 
 import difflib
+import inspect
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from types import FrameType
 
 import torch
 from torch import Tensor, nn
@@ -29,9 +32,47 @@ class _Scope:
     bwd: dict[str, list[HookFn]] = field(default_factory=dict)
     alive: bool = True
     listened_names: frozenset[str] = frozenset()
+    outer: _Scope | None = None  # the scope this one nests in (its hooks are copied into this one's)
+    # the generator frame whose `with` opened this scope, when it is a plain generator: its hooks
+    # apply only while that frame runs, not while it is suspended at a yield and its caller runs
+    owner: FrameType | None = None
+
+    def in_force(self) -> bool:
+        return self.alive and (self.owner is None or self.owner.f_back is not None)
 
 
 _ACTIVE: ContextVar[_Scope | None] = ContextVar("scratchnn_active_hooks", default=None)
+_GENERATOR_CODE = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+
+
+def _current_scope() -> _Scope | None:
+    """The innermost scope in force here: scopes that ended elsewhere, or whose generator is suspended, are skipped.
+
+    Generators share their caller's context, so a scope opened inside one would otherwise stay set
+    for the caller between yields, and one closed from another context could not be reset at all.
+    """
+    scope = _ACTIVE.get()
+    if scope is not None and not scope.alive:  # ended in another context, which could not reset this one's
+        while scope is not None and not scope.alive:
+            scope = scope.outer
+        _ACTIVE.set(scope)
+    while scope is not None and not scope.in_force():
+        scope = scope.outer
+    return scope
+
+
+def _generator_owner(frame: FrameType | None) -> FrameType | None:
+    """`frame` if it is a plain generator's, not one that contextlib drives as a context manager."""
+    if frame is None or not frame.f_code.co_flags & _GENERATOR_CODE:
+        return None
+    caller = frame.f_back
+    if (
+        caller is not None
+        and caller.f_code.co_name in ("__enter__", "__aenter__")
+        and "contextlib" in caller.f_code.co_filename
+    ):
+        return None  # `@contextmanager def f(): with model.hooks(...): yield`: the hooks are meant for f's caller
+    return frame
 
 
 class HookPoint(nn.Module):
@@ -49,11 +90,11 @@ class HookPoint(nn.Module):
         """True when the current scope has a forward or backward hook on this point, or torch's own hooks are on it."""
         if self._forward_hooks or self._forward_pre_hooks:  # register_forward_hook on the point itself
             return True
-        scope = _ACTIVE.get()
+        scope = _current_scope()
         return scope is not None and self.name in scope.listened_names
 
     def forward(self, x: Tensor) -> Tensor:
-        scope = _ACTIVE.get()
+        scope = _current_scope()
         if scope is None:
             return x
         for fn in scope.fwd.get(self.name, ()):
@@ -161,10 +202,13 @@ class HookedModule(nn.Module):
         `fn(activation, hook)` may return a tensor of the same shape to replace the activation
         (forward) or the gradient (backward). Scopes nest: inner hooks run after outer ones.
         """
-        outer = _ACTIVE.get()
+        outer = _current_scope()
+        entered_from = sys._getframe(1).f_back  # the frame of the `with` (frame 1 is contextlib's __enter__)
         scope = _Scope(
             fwd={k: list(v) for k, v in outer.fwd.items()} if outer else {},
             bwd={k: list(v) for k, v in outer.bwd.items()} if outer else {},
+            outer=outer,
+            owner=_generator_owner(entered_from),
         )
         for table, pairs in ((scope.fwd, fwd), (scope.bwd, bwd)):
             for name_filter, fn in pairs:
@@ -177,8 +221,11 @@ class HookedModule(nn.Module):
         try:
             yield self
         finally:
-            scope.alive = False
-            _ACTIVE.reset(token)
+            scope.alive, scope.owner = False, None
+            try:
+                _ACTIVE.reset(token)
+            except ValueError:  # a generator closed from another context: the dead scope is skipped there
+                pass
 
     def cache_activations(
         self,

@@ -65,8 +65,12 @@ fig.update_xaxes(type="category")
 st.plotly_chart(fig, key="neuron_over_prompt")
 
 left, right = st.columns(2)
-data = task_tokens(run.task, ctx.key[:1])
-examples = top_examples(model, run.task, ctx.key, layer, neuron)
-left.plotly_chart(top_examples_figure(examples, data, run.tokenizer.vocab), key="neuron_top_examples")
-effects = logit_effects(model, run.task, ctx.key, layer)
-right.plotly_chart(neuron_logit_figure(effects, neuron, run.tokenizer.vocab), key="neuron_logits")
+try:
+    data = task_tokens(run.task, ctx.key[:1])
+except (OSError, ValueError) as err:  # a text run opened where its source text is not: the rest still works
+    st.info(f"Top examples and logit effects need the task's test data, which cannot be read here: {err}")
+else:
+    examples = top_examples(model, run.task, ctx.key, layer, neuron)
+    left.plotly_chart(top_examples_figure(examples, data, run.tokenizer.vocab), key="neuron_top_examples")
+    effects = logit_effects(model, run.task, ctx.key, layer)
+    right.plotly_chart(neuron_logit_figure(effects, neuron, run.tokenizer.vocab), key="neuron_logits")

@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m blocks.train") ->
         options.update(parse_overrides(rest))
         task_name = args.task or options.pop("task", None)
         options.pop("task", None)
+        if args.out is not None and not args.out.strip():
+            raise ValueError("--out is empty; give a folder for the run, or leave --out out for runs/<task>")
         out = Path(args.out or f"runs/{task_name or 'induction'}")
         if args.resume and not args.overwrite:
             task_name, options = resume_options(out, task_name, options)

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,13 @@ from torch import Tensor
 from tqdm import tqdm
 
 from blocks.config import TransformerConfig
+from blocks.files import RunLock
 from blocks.interop import is_earlier_layout
 from blocks.size import check_fits
 from blocks.tasks.base import Task
 from blocks.tasks.common import dataset_tensors, target_nll
 from blocks.training.checkpoints import (
+    CHECKPOINTS,
     checkpoint_files,
     checkpoint_steps,
     load_training_state,
@@ -33,7 +36,7 @@ from blocks.training.checkpoints import (
 from blocks.training.config import TrainConfig
 from blocks.training.runs import CONFIG, METRICS, check_out, metrics_lines, read_config, run_config, start_out
 from blocks.transformer import Transformer
-from blocks.weights import atomic_write_bytes, check_state_dict
+from blocks.weights import atomic_write_bytes, check_state_dict, remove_temp_files
 from scratchnn.devices import pick_device
 
 
@@ -121,20 +124,37 @@ class Trainer:
         self.tokens, self.mask = dataset_tensors(task.dataset("train"))
         if self.tokens.shape[1] > model_cfg.n_ctx:
             raise ValueError(f"the task's sequences have {self.tokens.shape[1]} tokens but n_ctx is {model_cfg.n_ctx}")
-        # an earlier start that saved nothing, replaced (for the CLI to say so)
-        self.restarted = self.fresh and not overwrite and (self.out / CONFIG).is_file()
-        if self.fresh:
-            start_out(self.out, self.config)
-        self._barrier()
-        self.step, self.elapsed, self.milestone_step = 0, 0.0, None
-        self.skipped: list[str] = []  # why each newer checkpoint could not be resumed from (for the CLI to warn)
-        if resume and checkpoint_steps(self.out):
-            self._resume()
-            if self.rank == 0 and self.cfg.steps >= self.step and read_config(self.out) != self.config:
-                # a changed harmless setting (a longer run, another eval_every): the run now has these
-                atomic_write_bytes(self.out / CONFIG, json.dumps(self.config, indent=2).encode())
+        # one trainer per folder: from here until run() ends, a second process is refused, naming this one
+        self._lock = RunLock(self.out) if self.rank == 0 else None
+        try:
+            if self.rank == 0:
+                self.fresh = check_out(self.out, self.config, resume, overwrite)  # again, now that no one else writes
+                for folder in (self.out, self.out / CHECKPOINTS):  # half-written files of a killed save
+                    remove_temp_files(folder)
+            # an earlier start that saved nothing, replaced (for the CLI to say so)
+            self.restarted = self.fresh and not overwrite and (self.out / CONFIG).is_file()
+            if self.fresh:
+                start_out(self.out, self.config)
+            self._barrier()
+            self.step, self.elapsed, self.milestone_step = 0, 0.0, None
+            self.skipped: list[str] = []  # why each newer checkpoint could not be resumed from (for the CLI)
+            if resume and checkpoint_steps(self.out):
+                self._resume()
+                if self.rank == 0 and self.cfg.steps >= self.step and read_config(self.out) != self.config:
+                    # a changed harmless setting (a longer run, another eval_every): the run now has these
+                    atomic_write_bytes(self.out / CONFIG, json.dumps(self.config, indent=2).encode())
+        except BaseException:
+            self.release()
+            raise
+        if self._lock is not None:
+            weakref.finalize(self, self._lock.release)  # a trainer that is never run lets go when it is dropped
         self.ddp = self._wrap_ddp()
         self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def release(self) -> None:
+        """Let another trainer write this run folder (run() does this when it ends)."""
+        if self._lock is not None:
+            self._lock.release()
 
     # --- set-up -------------------------------------------------------------------------
     def _wrap_ddp(self) -> torch.nn.Module:
@@ -336,4 +356,5 @@ class Trainer:
                 self._save()
         finally:
             bar.close()
+            self.release()
         return TrainResult(self.out, self.step, interrupted, loss_value, self.milestone_step, start_step)

@@ -42,6 +42,8 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def check_out(out: str | Path) -> Path:
     """Create the folder `out`; ValueError if it cannot be created or written (e.g. a path under a file)."""
+    if not str(out).strip():
+        raise ValueError("--out is empty; give a folder for the JSON numbers and figures")
     path = Path(out)
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -89,6 +89,7 @@ def test_a_folder_of_other_files_is_still_refused(tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err and (out / "checkpoints" / "precious.bin").exists()
 
 
+@pytest.mark.slow  # two processes; test_a_kill_during_a_save_... covers a kill in the fast suite
 def test_kill_before_the_first_checkpoint_then_retry(tmp_path):
     """SIGKILL while the step-0 evaluation runs: the same command afterwards trains the run."""
     out = tmp_path / "run"

@@ -181,3 +181,12 @@ def test_a_bug_in_the_app_still_fails_but_shows_no_server_paths(run_copy, monkey
     at = app_on(run.parent, monkeypatch, page="flow", run="run")
     assert at.exception and at.exception[0].proto.type == "TypeError"  # tests still see bugs
     assert "/srv/secret" not in at.exception[0].message and not at.exception[0].stack_trace
+
+
+def test_an_empty_out_is_refused_not_read_as_the_default(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert train(["--out", "", "--no-progress", *ARGS]) == 2
+    assert "--out is empty" in one_line(capsys) and not (tmp_path / "runs").exists()
+    with pytest.raises(SystemExit):
+        head_scores(["--run", str(tmp_path), "--out", " "])
+    assert "--out is empty" in one_line(capsys)
