@@ -33,8 +33,10 @@ pages = [
     st.Page("views/ablate.py", title="Ablate and patch", icon=":material/content_cut:"),
     st.Page("views/circuit.py", title="Circuits", icon=":material/hub:"),
 ]
+page = st.navigation(pages)
+st.session_state["_page"] = page.url_path  # the page whose selections the address bar carries (views/common.py)
 try:
-    st.navigation(pages).run()
+    page.run()
 except Exception as err:  # noqa: BLE001 - st.stop and reruns are BaseExceptions and pass through
     # a failure a person can fix (an unreadable file, a full disk, out of memory) is one line on the
     # page; a bug is re-raised, and .streamlit/config.toml shows only its type, never server paths

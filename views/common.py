@@ -15,6 +15,7 @@ Every selection lives in `st.session_state` under these keys, which tests may se
 | `head` | selected head, "L{layer}H{head}" |
 | `neuron_layer`, `neuron_pos`, `neuron` | neuron page: layer, position, neuron index |
 | `heads_score` | head score mapped on the heads page |
+| `heads_circuit_tokens` | "in the prompt" or "all": the tokens the QK and OV circuits show |
 | `lens_pos`, `lens_target` | position and token (string) the lens and attribution follow |
 | `ablate_heads`, `ablate_neurons` | lists of "L0H1" and "L0N5" labels to ablate |
 | `ablate_mode` | "zero" or "mean" |
@@ -22,6 +23,13 @@ Every selection lives in `st.session_state` under these keys, which tests may se
 | `circuit_method`, `circuit_metric` | circuit page: "eap-ig"/"eap"/"exact", and "default" or a metric kind |
 | `circuit_edges`, `circuit_pick` | circuit page: edges kept (int), the edge clicked for path patching ("L0H1 -> L1H2.k") |
 | `circuit_for` | (run, step, mtime, method, metric) the edge count belongs to; a change resets it to that circuit's |
+
+Every key but `run` belongs to the run it was chosen on: `_per_run` holds, for each run
+visited in this session, the values its keys had when one switched away, and switching back
+restores them (a new run starts from its own defaults: its latest checkpoint, its task's
+first example). The run, the step, the prompt and the page's own selections (`URL_KEYS`) are
+also written to the address bar's query string, and a link read at the start of a session
+restores them.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import json
 
 import streamlit as st
 import torch
@@ -51,6 +61,7 @@ STATE_KEYS = (
     "flow_pick",
     "head",
     "heads_score",
+    "heads_circuit_tokens",
     "neuron_layer",
     "neuron_pos",
     "neuron",
@@ -66,6 +77,38 @@ STATE_KEYS = (
     "circuit_pick",
     "circuit_for",
 )
+PER_RUN_KEYS = tuple(k for k in STATE_KEYS if k != "run")
+# what a link carries, and how each value reads back from its text in the query string
+URL_KEYS: dict[str, type] = {
+    "run": str,
+    "step": int,
+    "prompt": str,
+    "overview_score": str,
+    "flow_threshold": float,
+    "flow_target": int,
+    "flow_pick": dict,
+    "head": str,
+    "heads_score": str,
+    "neuron_layer": int,
+    "neuron_pos": int,
+    "neuron": int,
+    "lens_pos": int,
+    "lens_target": str,
+    "ablate_heads": list,
+    "ablate_neurons": list,
+    "ablate_mode": str,
+    "patch_corrupted": str,
+}
+# the selections of each page that its link carries, beside run, step and prompt
+PAGE_URL_KEYS = {
+    "": ("overview_score",),
+    "overview": ("overview_score",),
+    "flow": ("flow_target", "flow_threshold", "flow_pick"),
+    "heads": ("head", "heads_score"),
+    "neurons": ("neuron_layer", "neuron_pos", "neuron"),
+    "lens": ("lens_pos", "lens_target"),
+    "ablate": ("ablate_heads", "ablate_neurons", "ablate_mode", "patch_corrupted"),
+}
 TRAIN_HINT = "Train one with `make app` (it trains the default induction model first) or `python -m blocks.train --task induction --out runs/induction`."
 
 
@@ -121,12 +164,75 @@ def position_labels(tokenizer: Any, ids: list[int]) -> list[str]:
     return [f"{i}:{t}" for i, t in enumerate(tokenizer.token_strs(ids))]
 
 
+def _url_value(key: str, text: str) -> Any:
+    """A query-string value read back as the type its session-state key holds (ValueError when it cannot be)."""
+    kind = URL_KEYS[key]
+    if kind is list:
+        return [x for x in text.split(",") if x]
+    if kind is dict:
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a JSON object, got {text!r}")
+        return value
+    return kind(text)
+
+
+def _url_text(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(x) for x in value)
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def read_url() -> None:
+    """Once per session: the link's run, step, prompt and selections become the session's (what is set wins)."""
+    if st.session_state.get("_url_read"):
+        return
+    st.session_state["_url_read"] = True
+    for key, text in st.query_params.items():
+        if key not in URL_KEYS or key in st.session_state:
+            continue
+        try:
+            st.session_state[key] = _url_value(key, text)
+        except ValueError:
+            kind = {int: "a whole number", float: "a number", dict: "a JSON object"}.get(URL_KEYS[key], "readable")
+            st.warning(f"The link's {key}={text!r} is not {kind}; using the default instead.")
+
+
+def write_url() -> None:
+    """Put the run, step, prompt and this page's selections in the query string, so the address reopens this view.
+
+    Called once the sidebar is drawn, before the page can stop: a widget a person just changed is
+    already in the session state then, so the address always names the view on screen.
+    """
+    keys = ("run", "step", "prompt", *PAGE_URL_KEYS.get(st.session_state.get("_page", ""), ()))
+    shown = {k: _url_text(st.session_state[k]) for k in keys if st.session_state.get(k) not in (None, [], {})}
+    if dict(st.query_params) != shown:
+        st.query_params.from_dict(shown)
+
+
+def switch_run_state(name: str) -> None:
+    """Keep each run's own prompt, step and selections: park the last run's, bring back (or clear) this one's."""
+    shown = st.session_state.get("_state_of")
+    if shown == name:
+        return
+    parked = st.session_state.setdefault("_per_run", {})
+    if shown is not None:  # the first run of a session keeps what a link or a test set
+        parked[shown] = {k: st.session_state[k] for k in PER_RUN_KEYS if k in st.session_state}
+        for key in PER_RUN_KEYS:
+            st.session_state.pop(key, None)
+        st.session_state.update(parked.get(name, {}))
+    st.session_state["_state_of"] = name
+
+
 def _choose_run(root: Path) -> Path | None:
+    read_url()
     runs = list_runs(root)
     if not runs:
         st.info(f"The runs folder {root} holds no runs yet. {TRAIN_HINT}")
         return None
-    asked = st.session_state.get("run", st.query_params.get("run"))
+    asked = st.session_state.get("run")
     if asked is not None and asked not in runs:
         try:
             resolve_run(root, str(asked))
@@ -138,6 +244,7 @@ def _choose_run(root: Path) -> Path | None:
     if asked is not None:
         st.session_state["run"] = asked
     name = st.sidebar.selectbox("Run", runs, key="run")
+    switch_run_state(name)
     return resolve_run(root, name)
 
 
@@ -214,6 +321,7 @@ def run_only() -> tuple[Run, tuple[str, int, float]] | None:
         return None
     for message in run.skipped + run.metrics_skipped:  # newer checkpoints passed over, unreadable metrics lines
         st.sidebar.warning(message)
+    write_url()
     return run, (str(run_path), step, mtime)
 
 
@@ -224,6 +332,7 @@ def page_context() -> PageContext | None:
         return None
     run, key = chosen
     ids = _prompt_tokens(run)
+    write_url()
     if ids is None:
         return None
     logits, cache = activations(*key, tuple(ids))
