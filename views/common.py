@@ -34,11 +34,10 @@ restores them.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import json
 
 import streamlit as st
 import torch

@@ -59,7 +59,13 @@ def test_the_address_names_run_step_prompt_page_and_selection(app):
 def test_a_link_reopens_the_view(runs_dir, monkeypatch):
     monkeypatch.setenv("SANDBOX_RUNS", str(runs_dir))
     at = AppTest.from_file(APP, default_timeout=60)
-    for key, value in {"run": "attn", "step": "4", "prompt": PROMPT, "head": "L0H1", "heads_score": "duplicate"}.items():
+    for key, value in {
+        "run": "attn",
+        "step": "4",
+        "prompt": PROMPT,
+        "head": "L0H1",
+        "heads_score": "duplicate",
+    }.items():
         at.query_params[key] = value
     at.run()
     at.switch_page("views/heads.py")
