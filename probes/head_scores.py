@@ -119,7 +119,15 @@ def head_scores_figure(scores: Float[Tensor, "layer n_heads"], title: str = "hea
             hovertemplate="layer %{y} head %{x}: %{z:.3f}<extra></extra>",
         )
     )
-    fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer", yaxis_autorange="reversed")
+    fig.update_layout(
+        title=title,
+        xaxis_title="head",
+        yaxis_title="layer",
+        yaxis_autorange="reversed",
+        height=160 + 50 * scores.shape[0],  # a one-layer model gets a row of cells, not a collapsed strip
+    )
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category")
     return fig
 
 

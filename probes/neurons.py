@@ -111,15 +111,28 @@ def neuron_logit_effects(
 def neuron_logit_figure(
     effects: Float[Tensor, "d_mlp d_vocab"], neuron: int, vocab: Sequence[str], k: int = 10
 ) -> go.Figure:
-    """The tokens a neuron pushes up and down most, as bars."""
+    """The k tokens a neuron pushes up most and the k it pushes down most, as bars from most up to most down.
+
+    A vocabulary of at most 2k tokens is drawn whole, each token once. The x axis is categorical,
+    so tokens named by numbers keep this order and none is merged or dropped.
+    """
     row = effects[neuron]
-    up, down = row.topk(min(k, row.numel())), (-row).topk(min(k, row.numel()))
-    idx = up.indices.tolist() + down.indices.flip(0).tolist()
+    if row.numel() <= 2 * k:
+        idx = row.argsort(descending=True).tolist()
+    else:
+        up, down = row.topk(k), (-row).topk(k)
+        idx = up.indices.tolist() + down.indices.flip(0).tolist()
     vals = row[idx].tolist()
     fig = go.Figure(
-        go.Bar(x=[vocab[i] for i in idx], y=vals, marker_color=["#2b6cb0" if v >= 0 else "#c53030" for v in vals])
+        go.Bar(
+            x=[vocab[i] for i in idx],
+            y=vals,
+            marker_color=["#2b6cb0" if v >= 0 else "#c53030" for v in vals],
+            hovertemplate="token %{x}: %{y:.3f}<extra></extra>",
+        )
     )
     fig.update_layout(
         title=f"direct logit effect of neuron {neuron}", xaxis_title="token", yaxis_title="logit per unit activation"
     )
+    fig.update_xaxes(type="category")
     return fig

@@ -69,20 +69,35 @@ def copying_fraction(ov: Float[Tensor, "source_token out_token"]) -> float:
 
 
 def circuit_figure(
-    matrix: Float[Tensor, "a b"], vocab: Sequence[str], title: str, x_title: str, y_title: str
+    matrix: Float[Tensor, "a b"],
+    vocab: Sequence[str],
+    title: str,
+    x_title: str,
+    y_title: str,
+    keep: Sequence[int] | None = None,
 ) -> go.Figure:
-    """A token x token heatmap (rows: y_title, columns: x_title)."""
+    """A token x token heatmap (rows: y_title, columns: x_title), of the tokens in `keep` only when given.
+
+    Both axes are categorical: token names such as "0".."112" would otherwise make plotly draw a
+    numeric axis, where a token like "BOS" has no place and the order follows the numbers.
+    """
     if len(vocab) != matrix.shape[0] or len(vocab) != matrix.shape[1]:
         raise ValueError(f"got {len(vocab)} token names for a {tuple(matrix.shape)} matrix")
+    ids = list(range(len(vocab))) if keep is None else list(dict.fromkeys(int(i) for i in keep))
+    if not ids or not all(0 <= i < len(vocab) for i in ids):
+        raise ValueError(f"keep must name tokens 0..{len(vocab) - 1}; got {list(keep or [])}")
+    names = [vocab[i] for i in ids]
     fig = go.Figure(
         go.Heatmap(
-            z=matrix.tolist(),
-            x=list(vocab),
-            y=list(vocab),
+            z=matrix[ids][:, ids].tolist(),
+            x=names,
+            y=names,
             colorscale="RdBu",
             zmid=0.0,
             hovertemplate=f"{y_title} %{{y}}, {x_title} %{{x}}: %{{z:.3f}}<extra></extra>",
         )
     )
     fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, yaxis_autorange="reversed")
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category")
     return fig

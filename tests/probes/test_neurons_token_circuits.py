@@ -71,3 +71,24 @@ def test_bad_input(mlp_model, attn_only_model):
         ov_circuit(mlp_model, 0, 7)
     with pytest.raises(ValueError, match="square"):
         copying_score(torch.zeros(2, 3))
+
+
+def test_token_axes_are_categories_even_when_tokens_are_numbers():
+    """Numbers as token names made plotly draw numeric axes: BOS had no place and bars merged or sorted by number."""
+    vocab = [str(i) for i in range(7)] + ["=", "BOS"]
+    effects = torch.tensor([[0.5, -2.0, 3.0, 0.1, -0.3, 1.0, 0.0, -1.0, 2.0]])
+    fig = neuron_logit_figure(effects, 0, vocab, k=10)  # 2k >= 9 tokens: each drawn once, most up to most down
+    assert list(fig.data[0].x) == ["2", "BOS", "5", "0", "3", "6", "4", "=", "1"]
+    assert list(fig.data[0].y) == sorted(effects[0].tolist(), reverse=True)
+    assert fig.layout.xaxis.type == "category"
+    fig = neuron_logit_figure(effects, 0, vocab, k=2)  # two up, two down, the suppressed ones kept
+    assert list(fig.data[0].x) == ["2", "BOS", "=", "1"]
+
+    ov = torch.arange(81, dtype=torch.float).view(9, 9)
+    fig = circuit_figure(ov, vocab, "OV", "output token", "source token")
+    assert fig.layout.xaxis.type == "category" and fig.layout.yaxis.type == "category"
+    fig = circuit_figure(ov, vocab, "OV", "output token", "source token", keep=[8, 3, 3, 1])
+    assert list(fig.data[0].x) == ["BOS", "3", "1"] and list(fig.data[0].y) == ["BOS", "3", "1"]
+    assert fig.data[0].z[0] == [ov[8, 8].item(), ov[8, 3].item(), ov[8, 1].item()]
+    with pytest.raises(ValueError, match="keep must name tokens"):
+        circuit_figure(ov, vocab, "OV", "output token", "source token", keep=[9])
