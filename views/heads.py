@@ -1,4 +1,6 @@
-"""Attention heads: every head's pattern on the prompt, the head scores, and a chosen head's QK and OV circuits."""
+"""Attention heads: one head's pattern at full size, a grid of all heads, a text view, the head scores, QK and OV circuits."""
+
+import html
 
 import streamlit as st
 import torch
@@ -8,6 +10,17 @@ from probes.token_circuits import circuit_figure, copying_score, ov_circuit, qk_
 from views.common import page_context
 from views.figures import matrix_figure
 
+SCORE_HELP = (
+    "Each score is a mean of the head's attention pattern on 16 random sequences [BOS] + r + r: "
+    "previous_token = mean pattern[q, q-1]; current_token = mean pattern[q, q]; first_token = mean pattern[q, 0]; "
+    "induction = mean pattern[q, q-n+1] over the second copy (attending to the token after the earlier copy of "
+    "the current one); duplicate_token = mean pattern[q, q-n] over the second copy. A head 'is' one above 0.4."
+)
+COPYING_HELP = (
+    "Sum of the real parts of the OV circuit's eigenvalues over the sum of their absolute values, in [-1, 1]: "
+    "near 1 the head writes the token it attends to (copies), near -1 it suppresses it."
+)
+
 
 @st.cache_resource(max_entries=32, show_spinner=False)
 def scores_of(_model, _tokenizer, key: tuple) -> tuple[dict[str, torch.Tensor], int] | None:
@@ -16,46 +29,117 @@ def scores_of(_model, _tokenizer, key: tuple) -> tuple[dict[str, torch.Tensor], 
     return None if scored is None else (head_scores(_model, *scored), scored[1])
 
 
+def text_view(strs: list[str], pattern: torch.Tensor, key: str) -> None:
+    """The prompt as text; hovering a token shades each earlier token by how much the head attends to it from there.
+
+    Pure CSS (`:has(:hover)`), one rule per query and key, so it works without scripts; each token's tooltip
+    names the three keys it attends to most.
+    """
+    n = len(strs)
+    rules, spans = [], []
+    for q in range(n):
+        top = pattern[q].topk(min(3, n))
+        tip = ", ".join(f"{k}:{strs[k]} {w:.2f}" for k, w in zip(top.indices.tolist(), top.values.tolist()))
+        spans.append(
+            f'<span class="t q{q}" title="{html.escape(f"{q}:{strs[q]} attends to {tip}")}">{html.escape(strs[q])}</span>'
+        )
+        for k in range(q + 1):
+            w = float(pattern[q, k])
+            if w >= 0.01:
+                rules.append(f"#{key}:has(.q{q}:hover) .q{k}{{background:rgba(37,99,235,{w:.2f})}}")
+    style = (
+        f"#{key} .t{{padding:2px 3px;margin:1px;border-radius:3px;display:inline-block;font-family:monospace;"
+        f"border:1px solid #ddd;cursor:default}}#{key} .t:hover{{outline:2px solid #c53030}}" + "".join(rules)
+    )
+    st.html(f'<style>{style}</style><div id="{key}" data-testid="attention-text">{"".join(spans)}</div>')
+
+
 st.title("Attention heads")
+st.caption(
+    "Where each head looks on the prompt (rows: the query position, columns: the key it reads from, each row sums "
+    "to 1), how heads score on standard patterns, and what a head's QK (where to look) and OV (what to write) "
+    "circuits do in token space."
+)
 ctx = page_context()
 if ctx is None:
     st.stop()
 model, cfg, tok = ctx.run.model, ctx.run.model.cfg, ctx.run.tokenizer
 labels = [f"L{l}H{h}" for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
+strs = tok.token_strs(ctx.tokens[0])
+
+if st.session_state.get("head") not in labels:
+    st.session_state["head"] = labels[-1]
+head = st.selectbox("Head", labels, key="head", help="The head the full-size pattern, text view and circuits show.")
+layer, h = labels.index(head) // cfg.n_heads, labels.index(head) % cfg.n_heads
+pattern = ctx.cache[f"blocks.{layer}.attn.hook_pattern"][0]
+
+big, text = st.columns([3, 2])
+fig = matrix_figure(
+    pattern[h],
+    ctx.labels,
+    ctx.labels,
+    f"{head} attention pattern",
+    0,
+    1,
+    x_title="key position",
+    y_title="query position",
+)
+fig.update_xaxes(dtick=1, tickangle=-60)  # every token labelled, however many
+fig.update_yaxes(dtick=1)
+fig.update_layout(height=max(420, 18 * len(ctx.labels) + 160))
+big.plotly_chart(fig, key="heads_pattern_big")
+text.markdown(f"**{head} as text**: hover a token to shade the tokens it attends to.")
+with text:
+    text_view(strs, pattern[h], f"attn-{layer}-{h}")
+
+st.subheader("All heads on the prompt")
+st.caption("Pick one above to see it at full size. Rows: query position; columns: key position.")
+for layer_i, tab in enumerate(st.tabs([f"layer {l}" for l in range(cfg.n_layers)])):
+    grid = ctx.cache[f"blocks.{layer_i}.attn.hook_pattern"][0]
+    cols = tab.columns(min(cfg.n_heads, 4))
+    for hi in range(cfg.n_heads):
+        thumb = matrix_figure(grid[hi], ctx.labels, ctx.labels, f"L{layer_i}H{hi}", 0, 1)
+        thumb.update_layout(height=260, margin=dict(t=30, b=10, l=10, r=10))
+        thumb.update_traces(showscale=False)
+        thumb.update_xaxes(showticklabels=False, title=None)
+        thumb.update_yaxes(showticklabels=False, title=None)
+        cols[hi % len(cols)].plotly_chart(thumb, key=f"heads_pattern_{layer_i}_{hi}")
 
 scored = scores_of(model, tok, ctx.key)
+st.subheader("Head scores")
 if scored is not None:
     scores, n = scored
-    st.subheader("Head scores")
-    st.caption(f"On 16 sequences [BOS] + r + r with r of {n} random tokens (a head 'is' one of these above 0.4).")
+    st.caption(
+        f"On 16 sequences [BOS] + r + r with r of {n} random tokens, not on the prompt; they say what a head does "
+        "on repeated random text, which is the induction task's setting and only a hint on other tasks."
+    )
     st.dataframe(
         {"head": labels, **{s: [round(float(v), 4) for v in scores[s].flatten()] for s in SCORE_NAMES}}, hide_index=True
     )
     st.session_state.setdefault("heads_score", "induction")
-    which = st.selectbox("Score to map", SCORE_NAMES, key="heads_score")
+    which = st.selectbox("Score to map", SCORE_NAMES, key="heads_score", help=SCORE_HELP)
     st.plotly_chart(head_scores_figure(scores[which], f"{which} score"), key="heads_scores_fig")
 else:
     st.caption("The context is too short for [BOS] + r + r with r of 4 tokens, so no head scores.")
 
-st.subheader("Patterns on the prompt")
-for layer, tab in enumerate(st.tabs([f"layer {l}" for l in range(cfg.n_layers)])):
-    pattern = ctx.cache[f"blocks.{layer}.attn.hook_pattern"][0]
-    cols = tab.columns(min(cfg.n_heads, 4))
-    for h in range(cfg.n_heads):
-        cols[h % len(cols)].plotly_chart(
-            matrix_figure(pattern[h], ctx.labels, ctx.labels, f"L{layer}H{h}", 0, 1), key=f"heads_pattern_{layer}_{h}"
-        )
-
-st.subheader("Circuits of one head (token space)")
-if st.session_state.get("head") not in labels:
-    st.session_state["head"] = labels[-1]
-head = st.selectbox("Head", labels, key="head")
-layer, h = labels.index(head) // cfg.n_heads, labels.index(head) % cfg.n_heads
+st.subheader(f"Circuits of {head} (token space)")
 ov = ov_circuit(model, layer, h)
-st.metric(f"{head} copying score (OV eigenvalues)", f"{copying_score(ov):.4f}")
+st.metric(f"{head} copying score (OV eigenvalues)", f"{copying_score(ov):.4f}", help=COPYING_HELP)
+in_prompt = list(dict.fromkeys(ctx.tokens[0].tolist()))
+shown = st.radio(
+    "Tokens shown",
+    ["in the prompt", "all"],
+    horizontal=True,
+    key="heads_circuit_tokens",
+    help=f"The full matrices are {cfg.d_vocab} x {cfg.d_vocab}; the prompt's {len(in_prompt)} distinct tokens "
+    "are the rows and columns that matter for this prompt.",
+)
+keep = in_prompt if shown == "in the prompt" else None
 a, b = st.columns(2)
 a.plotly_chart(
-    circuit_figure(qk_circuit(model, layer, h), tok.vocab, f"{head} QK circuit", "key token", "query token"),
+    circuit_figure(qk_circuit(model, layer, h), tok.vocab, f"{head} QK circuit", "key token", "query token", keep),
     key="heads_qk",
 )
-b.plotly_chart(circuit_figure(ov, tok.vocab, f"{head} OV circuit", "output token", "source token"), key="heads_ov")
+b.plotly_chart(
+    circuit_figure(ov, tok.vocab, f"{head} OV circuit", "output token", "source token", keep), key="heads_ov"
+)
