@@ -227,6 +227,15 @@ def logit_diff_metric(answer: int, wrong: int, pos: int = -1) -> Metric:
     return metric
 
 
+def answer_prob_metric(answer: int, pos: int = -1) -> Metric:
+    """A metric: mean over the batch of p(answer) at position `pos` (softmax over the vocabulary)."""
+
+    def metric(logits: Tensor) -> Tensor:
+        return logits[:, pos].softmax(-1)[:, answer].mean()
+
+    return metric
+
+
 def patching_figure(
     result: PatchingResult, token_labels: Sequence[str] | None = None, normalize: bool = True
 ) -> go.Figure:
@@ -252,15 +261,30 @@ def patching_figure(
     else:
         x = [f"H{h}" for h in range(values.shape[1])]
     z = values.detach().cpu().tolist()
+    raw = result.values.flatten(0, 1) if result.values.dim() == 3 else result.values
     fig = go.Figure(
-        go.Heatmap(z=z, x=x, y=y, colorscale="RdBu", zmid=0.0, hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>")
+        go.Heatmap(
+            z=z,
+            x=x,
+            y=y,
+            colorscale="RdBu",
+            zmid=0.0,
+            text=[[f"{v:.2f}" for v in row] for row in z],
+            texttemplate="%{text}",  # every cell carries its value
+            customdata=raw.detach().cpu().tolist(),
+            hovertemplate="%{y}, %{x}: %{z:.3f} (metric %{customdata:.4f})<extra></extra>",
+            colorbar=dict(title="restored" if normalize else "metric"),
+        )
     )
     fig.update_layout(
         title=result.title + (" (normalised: 1 = clean)" if normalize else ""),
-        xaxis_title=xaxis,
+        xaxis_title="position" if xaxis == "pos" else xaxis,
         yaxis_title="layer" if values.dim() == 2 and axes[0] == "layer" else "head",
         yaxis_autorange="reversed",
+        height=max(320, 28 * len(y) + 160),
     )
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category")
     return fig
 
 

@@ -18,8 +18,10 @@ Every selection lives in `st.session_state` under these keys, which tests may se
 | `heads_circuit_tokens` | "in the prompt" or "all": the tokens the QK and OV circuits show |
 | `lens_pos`, `lens_target` | position and token (string) the lens and attribution follow |
 | `ablate_heads`, `ablate_neurons` | lists of "L0H1" and "L0N5" labels to ablate |
-| `ablate_mode` | "zero" or "mean" |
-| `patch_corrupted` | the corrupted prompt the heads are patched into |
+| `ablate_mode` | "zero", "mean" or "resample" |
+| `ablate_pos`, `ablate_answer`, `ablate_wrong` | the position whose next token is measured, the answer and the wrong token |
+| `patch_corrupted` | the corrupted prompt the clean activations are patched into |
+| `patch_kind` | what one patching cell is: a head, a head at one position, or the residual stream at one position |
 | `circuit_method`, `circuit_metric` | circuit page: "eap-ig"/"eap"/"exact", and "default" or a metric kind |
 | `circuit_edges`, `circuit_pick` | circuit page: edges kept (int), the edge clicked for path patching ("L0H1 -> L1H2.k") |
 | `circuit_for` | (run, step, mtime, method, metric) the edge count belongs to; a change resets it to that circuit's |
@@ -69,7 +71,11 @@ STATE_KEYS = (
     "ablate_heads",
     "ablate_neurons",
     "ablate_mode",
+    "ablate_pos",
+    "ablate_answer",
+    "ablate_wrong",
     "patch_corrupted",
+    "patch_kind",
     "circuit_method",
     "circuit_metric",
     "circuit_edges",
@@ -97,7 +103,11 @@ URL_KEYS: dict[str, type] = {
     "ablate_heads": list,
     "ablate_neurons": list,
     "ablate_mode": str,
+    "ablate_pos": int,
+    "ablate_answer": str,
+    "ablate_wrong": str,
     "patch_corrupted": str,
+    "patch_kind": str,
 }
 # the selections of each page that its link carries, beside run, step and prompt
 PAGE_URL_KEYS = {
@@ -107,7 +117,16 @@ PAGE_URL_KEYS = {
     "heads": ("head", "heads_score", "heads_circuit_tokens"),
     "neurons": ("neuron_layer", "neuron_pos", "neuron"),
     "lens": ("lens_pos", "lens_target"),
-    "ablate": ("ablate_heads", "ablate_neurons", "ablate_mode", "patch_corrupted"),
+    "ablate": (
+        "ablate_pos",
+        "ablate_answer",
+        "ablate_wrong",
+        "ablate_heads",
+        "ablate_neurons",
+        "ablate_mode",
+        "patch_corrupted",
+        "patch_kind",
+    ),
 }
 TRAIN_HINT = "Train one with `make app` (it trains the default induction model first) or `python -m blocks.train --task induction --out runs/induction`."
 

@@ -154,6 +154,27 @@ class Task(ABC):
         """n clean prompts, n corrupted ones that differ where the behaviour lives, and a metric (None: no default)."""
         return None
 
+    def corrupted_prompt(self, ids: Sequence[int]) -> list[int] | None:
+        """A minimal pair for the prompt `ids`: the same prompt with the positions the task's own corruption
+        changes (`circuit_contrast`) rewritten as in the first corrupted prompt that differs from `ids` at each.
+
+        None when the task has no contrast, or its prompts are shorter than `ids`.
+        """
+        contrast = self.circuit_contrast(64)
+        n = len(ids)
+        if contrast is None or contrast.clean.shape[1] < n:
+            return None
+        clean, corrupted, mine = contrast.clean[:, :n], contrast.corrupted[:, :n], torch.tensor(list(ids))
+        for row in range(len(clean)):
+            changed = clean[row] != corrupted[row]
+            if changed.any() and (corrupted[row][changed] != mine[changed]).all():
+                return torch.where(changed, corrupted[row], mine).tolist()
+        return None
+
+    def scored_positions(self, ids: Sequence[int]) -> list[int] | None:
+        """The positions t of the prompt `ids` whose next token ids[t + 1] the task's loss scores (None: all)."""
+        return None
+
     def milestone(self) -> str | None:
         """An evaluate() key that turns 1.0 when the task's published result is reached (or None)."""
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import datasets
@@ -178,6 +179,13 @@ class InductionTask(Task):
         return Contrast.of_answers(
             clean, corrupted, targets, None, mask, "log_prob", "log p(next token) on the repeat: r + r against r' + r"
         )
+
+    def scored_positions(self, ids: Sequence[int]) -> list[int]:
+        """Where the next token repeats what followed an earlier copy of the current one: only those are
+        predictable (the rest of a sequence is random, so its loss stays near log n_symbols whatever the model)."""
+        return [
+            t for t in range(1, len(ids) - 1) if any(ids[j] == ids[t] and ids[j + 1] == ids[t + 1] for j in range(t))
+        ]
 
     def milestone(self) -> str | None:
         return "induction_formed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import datasets
@@ -77,6 +78,10 @@ class ModularAdditionTask(Task):
             out[f"{split}_loss"], out[f"{split}_acc"] = loss, acc
         out["grokked"] = float(out["test_acc"] > 0.99)
         return out
+
+    def scored_positions(self, ids: Sequence[int]) -> list[int]:
+        """None inside a prompt of a b =: the loss scores only the answer after it."""
+        return []
 
     def circuit_contrast(self, n: int = 64, seed: int = 0) -> Contrast:
         """`a b =` against `a' b =` (a' != a, so the answer differs); the metric is logit[c] - logit[c'] after "="."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import datasets
@@ -86,6 +87,10 @@ class SortTask(Task):
         tokens, mask = dataset_tensors(self.dataset("test"))
         loss, token_acc, seq_acc = masked_eval(model, tokens, mask, batch=1024)
         return {"test_loss": loss, "token_acc": token_acc, "seq_acc": seq_acc, "solved": float(token_acc > 0.99)}
+
+    def scored_positions(self, ids: Sequence[int]) -> list[int]:
+        """From SEP on, each position predicts the next sorted value; the list before it is random."""
+        return list(range(self.list_len + 1, len(ids) - 1))
 
     def circuit_contrast(self, n: int = 64, seed: int = 0) -> Contrast:
         """A list and its sorted copy against another list and its sorted copy; the metric is the

@@ -22,6 +22,7 @@ prompt's facts and question are ever seen in training, whatever the opinion.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -254,6 +255,10 @@ class SycophancyTask(Task):
         return self.prompts(1, "wrong", seed=seed).tokens[0].tolist()
 
     # -- evaluation -----------------------------------------------------------------------
+
+    def scored_positions(self, ids: Sequence[int]) -> list[int]:
+        """None inside a prompt of the facts, the opinion and the queried key: the loss scores only the answer after it."""
+        return []
 
     def circuit_contrast(self, n: int = 64, seed: int = 0) -> Contrast:
         """Prompts with a wrong opinion against the same prompts with "-" in the opinion slot.

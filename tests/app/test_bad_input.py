@@ -121,7 +121,8 @@ def test_two_sessions_at_once_are_independent(app, runs_dir):
         assert not at.exception, at.exception
         tokens = torch.tensor([run.tokenizer.encode(prompts[k])])
         logits = run_ablated(run.model, tokens, [head_ablation(run.model, 1, [1])])
-        assert at.metric[2].value == f"{float(next_token_nll(logits, tokens).mean()):.4f}"
+        where = run.task.scored_positions(tokens[0].tolist())
+        assert at.metric[3].value == f"{float(next_token_nll(logits, tokens)[0, where].mean()):.4f}"
         assert at.metric[0].value == run.tokenizer.vocab[int(logits[0, -1].argmax())]
 
 

@@ -11,7 +11,13 @@ from blocks.training.runs import load_run
 from probes.ablation import head_ablation, neuron_ablation, run_ablated
 from probes.head_scores import head_scores, score_batch
 from probes.logit_lens import direct_logit_attribution, logit_lens
-from probes.patching import logit_diff_metric, patch_heads
+from probes.patching import (
+    answer_prob_metric,
+    logit_diff_metric,
+    patch_by_layer_pos,
+    patch_heads,
+    patch_heads_by_pos,
+)
 from probes.token_circuits import copying_score, ov_circuit
 
 PROMPT = "BOS 1 2 3 4 5 6 1 2 3 4 5 6"
@@ -74,13 +80,23 @@ def test_lens_page(app, runs_dir):
     assert f"predicts **{predicted}**" in at.markdown[0].value
 
 
+def scored_loss(run, logits, tokens) -> float:
+    """Mean next-token loss over the positions the task scores (the repeats, on induction)."""
+    where = run.task.scored_positions(tokens[0].tolist())
+    return float(next_token_nll(logits, tokens)[0, where].mean())
+
+
 def test_ablation_changes_prediction_and_loss(app, runs_dir):
     at = app("ablate", run="mlp", prompt=PROMPT)
     assert not at.exception, at.exception
     run = load_run(runs_dir / "mlp")
     tokens = tokens_of(run)
-    clean = next_token_nll(run.model(tokens).detach(), tokens).mean()
-    assert at.metric[2].value == f"{float(clean):.4f}"
+    clean = run.model(tokens).detach()
+    assert run.task.scored_positions(tokens[0].tolist()) == [7, 8, 9, 10, 11]  # the repeat, not the random half
+    assert at.metric[3].label == "Mean loss on the 5 scored position(s)"
+    assert at.metric[3].value == f"{scored_loss(run, clean, tokens):.4f}"
+    # nothing ablated: no arrows at +0.0000
+    assert [m.delta for m in at.metric] == ["", "", "", ""]
 
     at.multiselect(key="ablate_heads").select("L1H0").select("L0H1")
     at.multiselect(key="ablate_neurons").select("L0N3")
@@ -91,42 +107,88 @@ def test_ablation_changes_prediction_and_loss(app, runs_dir):
         tokens,
         [head_ablation(run.model, 0, [1]), neuron_ablation(run.model, 0, [3]), head_ablation(run.model, 1, [0])],
     )
-    ablated = next_token_nll(logits, tokens).mean()
-    assert at.metric[2].value == f"{float(ablated):.4f}"
-    assert at.metric[2].delta == f"{float(ablated - clean):+.4f}"
+    assert at.metric[3].value == f"{scored_loss(run, logits, tokens):.4f}"
+    assert at.metric[3].delta == f"{scored_loss(run, logits, tokens) - scored_loss(run, clean, tokens):+.4f}"
     assert at.metric[0].value == run.tokenizer.vocab[int(logits[0, -1].argmax())]
+    # p(answer) compares the same token, the answer, before and after (not the new top token with itself)
+    answer = int(clean[0, -1].argmax())
+    p_clean, p_abl = clean[0, -1].softmax(-1)[answer], logits[0, -1].softmax(-1)[answer]
+    assert at.metric[1].label == f"p({run.tokenizer.vocab[answer]})"
+    assert at.metric[1].value == f"{float(p_abl):.4f}" and at.metric[1].delta == f"{float(p_abl - p_clean):+.4f}"
 
-    at.radio(key="ablate_mode").set_value("mean").run()
-    ref = dataset_tensors(run.task.dataset("test"))[0][:64]
-    logits = run_ablated(
-        run.model,
-        tokens,
-        [
-            head_ablation(run.model, 0, [1], "mean", ref),
-            neuron_ablation(run.model, 0, [3], "mean", ref),
-            head_ablation(run.model, 1, [0], "mean", ref),
-        ],
-    )
-    assert at.metric[2].value == f"{float(next_token_nll(logits, tokens).mean()):.4f}"
+    for mode in ("mean", "resample"):
+        at.radio(key="ablate_mode").set_value(mode).run()
+        ref = dataset_tensors(run.task.dataset("test"))[0][:64]
+        logits = run_ablated(
+            run.model,
+            tokens,
+            [
+                head_ablation(run.model, 0, [1], mode, ref),
+                neuron_ablation(run.model, 0, [3], mode, ref),
+                head_ablation(run.model, 1, [0], mode, ref),
+            ],
+        )
+        assert at.metric[3].value == f"{scored_loss(run, logits, tokens):.4f}", mode
 
 
-def test_patching_heads_between_two_prompts(app, runs_dir):
+def test_the_answer_and_wrong_token_are_chosen(app, runs_dir):
+    at = app("ablate", run="attn", prompt=PROMPT, ablate_pos=9, ablate_answer="5", ablate_wrong="2")
+    assert not at.exception, at.exception
+    run = load_run(runs_dir / "attn")
+    logits = run.model(tokens_of(run)).detach()
+    tok = run.tokenizer
+    diff = logits[0, 9, tok.id("5")] - logits[0, 9, tok.id("2")]
+    assert at.metric[2].label == "logit[5] - logit[2]" and at.metric[2].value == f"{float(diff):.4f}"
+    assert at.metric[1].value == f"{float(logits[0, 9].softmax(-1)[tok.id('5')]):.4f}"
+    # the defaults: the prompt's own next token, and the model's best other choice
+    at = app("ablate", run="attn", prompt=PROMPT, ablate_pos=9)
+    assert at.selectbox(key="ablate_answer").value == "4"  # PROMPT's token after position 9
+    others = [t for t in logits[0, 9].argsort(descending=True).tolist() if t != tok.id("4")]
+    assert at.selectbox(key="ablate_wrong").value == tok.vocab[others[0]]
+
+
+def test_patching_between_two_prompts(app, runs_dir):
     corrupted_text = "BOS 1 2 3 4 5 6 7 8 9 0 1 2"
     at = app("ablate", run="attn", prompt=PROMPT, patch_corrupted=corrupted_text)
     assert not at.exception, at.exception
     run = load_run(runs_dir / "attn")
     clean, corrupted = tokens_of(run), tokens_of(run, corrupted_text)
-    with torch.no_grad():
-        answer, wrong = int(run.model(clean)[0, -1].argmax()), int(run.model(corrupted)[0, -1].argmax())
-    if wrong == answer:
-        wrong = int(run.model(clean)[0, -1].topk(2).indices[1])
-    result = patch_heads(run.model, clean, corrupted, logit_diff_metric(answer, wrong))
-    assert f"clean {result.clean:.4f}, corrupted {result.corrupted:.4f}" in at.markdown[0].value
-    z = json.loads(at.get("plotly_chart")[-1].proto.spec)["data"][0]["z"]
-    torch.testing.assert_close(torch.tensor(z), result.normalized(), atol=1e-5, rtol=1e-4)
+    ranked = run.model(clean)[0, -1].argsort(descending=True).tolist()
+    answer, wrong = ranked[0], ranked[1]
+    for kind, sweep in (
+        ("head (all positions)", patch_heads),
+        ("head x position", patch_heads_by_pos),
+        ("residual stream x position", patch_by_layer_pos),
+    ):
+        at.radio(key="patch_kind").set_value(kind).run()
+        assert not at.exception, at.exception
+        result = sweep(run.model, clean, corrupted, logit_diff_metric(answer, wrong))
+        probs = sweep(run.model, clean, corrupted, answer_prob_metric(answer))
+        table = at.dataframe[-1].value.set_index("run")
+        column = f"logit[{run.tokenizer.vocab[answer]}] - logit[{run.tokenizer.vocab[wrong]}]"
+        assert table.loc["clean", column] == round(result.clean, 4)
+        assert table.loc["corrupted", column] == round(result.corrupted, 4)
+        p_column = f"p({run.tokenizer.vocab[answer]})"
+        assert table.loc["clean", p_column] == round(probs.clean, 4)
+        assert table.loc["corrupted", p_column] == round(probs.corrupted, 4)
+        spec = json.loads(at.get("plotly_chart")[-1].proto.spec)["data"][0]
+        expected = result.normalized().flatten(0, 1) if result.values.dim() == 3 else result.normalized()
+        torch.testing.assert_close(torch.tensor(spec["z"]), expected, atol=1e-5, rtol=1e-4)
+        assert spec["text"] == [[f"{v:.2f}" for v in row] for row in spec["z"]]  # every cell labelled
 
     at.text_area(key="patch_corrupted").input("BOS 1 2").run()
     assert "patching needs the same length" in at.info[0].value
+
+
+def test_the_default_corrupted_prompt_is_a_minimal_pair(app, runs_dir):
+    run = load_run(runs_dir / "sycophancy")
+    at = app("ablate", run="sycophancy")
+    assert not at.exception, at.exception
+    clean = run.tokenizer.encode(at.session_state["prompt"])
+    corrupted = run.tokenizer.encode(at.session_state["patch_corrupted"])
+    differ = [i for i, (a, b) in enumerate(zip(clean, corrupted)) if a != b]
+    assert differ == [run.task.opinion_pos]  # only the opinion, as in the task's own contrast
+    assert corrupted[run.task.opinion_pos] == run.task.none
 
 
 def test_scrubbing_checkpoints_changes_the_head_scores(app, runs_dir):

@@ -108,20 +108,24 @@ def test_every_page_on_a_non_induction_run(app, runs_dir, name):
     at.run()
     assert not at.exception, at.exception
     assert at.metric[0].value == tok.decode([predicted])
-    assert at.metric[2].value == f"{mean_loss(logits, tokens):.4f}"
-    corrupted = torch.tensor([tok.encode(at.session_state["patch_corrupted"])])
-    with torch.no_grad():
-        wrong = int(model(corrupted)[0, -1].argmax())
-    if wrong == predicted:
-        wrong = int(logits[0, -1].topk(2).indices[1])
-    result = patch_heads(model, tokens, corrupted, logit_diff_metric(predicted, wrong))
-    assert f"clean {result.clean:.4f}, corrupted {result.corrupted:.4f}" in at.markdown[0].value
+    second = int(logits[0, -1].argsort(descending=True)[1])
+    assert at.metric[1].value == f"{float(logits[0, -1].softmax(-1)[predicted]):.4f}"
+    assert at.metric[2].value == f"{float(logits[0, -1, predicted] - logits[0, -1, second]):.4f}"
+    assert len(at.metric) == 3  # the task scores only the answer after the prompt: no loss on the prompt
+    # the default corrupted prompt is the task's minimal pair for this prompt
+    corrupted_ids = run.task.corrupted_prompt(tokens[0].tolist())
+    assert at.session_state["patch_corrupted"] == tok.decode(corrupted_ids)
+    result = patch_heads(model, tokens, torch.tensor([corrupted_ids]), logit_diff_metric(predicted, second))
+    table = at.dataframe[-1].value.set_index("run")
+    column = f"logit[{tok.vocab[predicted]}] - logit[{tok.vocab[second]}]"
+    assert table.loc["clean", column] == round(result.clean, 4)
+    assert table.loc["corrupted", column] == round(result.corrupted, 4)
 
     at.multiselect(key="ablate_heads").select("L0H1")
     at.run()
     assert not at.exception, at.exception
     ablated = run_ablated(model, tokens, [head_ablation(model, 0, [1])])
-    assert at.metric[2].value == f"{mean_loss(ablated, tokens):.4f}"
+    assert at.metric[1].value == f"{float(ablated[0, -1].softmax(-1)[predicted]):.4f}"
     assert at.metric[0].value == tok.decode([int(ablated[0, -1].argmax())])
 
 

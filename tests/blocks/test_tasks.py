@@ -159,3 +159,26 @@ def test_sort_distinct_draws_without_replacement():
     assert torch.equal(tokens[:, 1:11].sort(-1).values, tokens[:, 12:])
     with pytest.raises(ValueError, match="distinct"):
         get_task("sort", list_len=10, n_values=5)
+
+
+def test_minimal_pairs_and_scored_positions_follow_each_tasks_own_contrast_and_mask():
+    induction = get_task("induction")
+    ids = induction.example(0)
+    k = induction.eval_n
+    pair = induction.corrupted_prompt(ids)
+    changed = [i for i, (a, b) in enumerate(zip(ids, pair)) if a != b]
+    assert changed and all(1 <= i <= k for i in changed)  # only the first copy: the repeat stays as it was
+    assert pair[k + 1 :] == ids[k + 1 :]
+    # only the repeat is predictable: from the second copy's first token to its last but one
+    assert induction.scored_positions(ids) == list(range(k + 1, 2 * k))
+
+    modadd = get_task("modular_addition", p=7)
+    a, b, eq = modadd.example(3)
+    a2, b2, eq2 = modadd.corrupted_prompt([a, b, eq])
+    assert a2 != a and (b2, eq2) == (b, eq)  # a' + b has another answer than a + b
+    assert modadd.scored_positions([a, b, eq]) == []  # the answer comes after the prompt
+
+    sort = get_task("sort")
+    assert sort.scored_positions(list(range(2 * sort.list_len + 2))) == list(
+        range(sort.list_len + 1, 2 * sort.list_len + 1)
+    )
