@@ -14,7 +14,17 @@ def routes(_model, key: tuple, tokens: tuple[int, ...], target: int, tau: float)
     return information_flow(_model, torch.tensor([tokens]), target_pos=target, tau=tau)
 
 
+TAU_HELP = (
+    "Each edge's importance is its share of what reaches its destination: the proximity of the part it carries to "
+    "the destination's sum (1 - its distance, clipped at 0), over all parts. Routes keep the edges whose importance "
+    "is at least tau, traced back from the target position's final stream; tau = 0 keeps every edge."
+)
+
 st.title("Information flow")
+st.caption(
+    "Which parts of the model carry information into one position's prediction: tokens across, layers up; a line is "
+    "an edge whose importance is at least tau. Click a node or an edge's midpoint for the heads or neurons behind it."
+)
 ctx = page_context()
 if ctx is None:
     st.stop()
@@ -22,30 +32,65 @@ model, n = ctx.run.model, ctx.tokens.shape[1]
 strs = ctx.run.tokenizer.token_strs(ctx.tokens[0])
 
 left, right = st.columns(2)
+prompt_ids = ctx.tokens[0].tolist()
+if st.session_state.get("_flow_prompt", prompt_ids) != prompt_ids:
+    # a new prompt: follow its last position, and forget a node picked on the old one
+    st.session_state["flow_target"] = n - 1
+    st.session_state.pop("flow_pick", None)
+st.session_state["_flow_prompt"] = prompt_ids
 if st.session_state.get("flow_target") not in range(n):
     st.session_state["flow_target"] = n - 1
 target = left.selectbox(
     "Target position (routes into its prediction)", range(n), key="flow_target", format_func=lambda i: ctx.labels[i]
 )
 st.session_state.setdefault("flow_threshold", TAU)
-tau = right.slider("Threshold tau (edges below it are dropped)", 0.0, 0.2, step=0.01, key="flow_threshold")
-graph = routes(model, ctx.key, tuple(ctx.tokens[0].tolist()), int(target), float(tau))
+tau = right.slider(
+    "Threshold tau (edges below it are dropped)", 0.0, 0.2, step=0.01, key="flow_threshold", help=TAU_HELP
+)
+graph = routes(model, ctx.key, tuple(prompt_ids), int(target), float(tau))
 
+probs = ctx.logits[0, target].softmax(-1)
+top = probs.topk(min(3, probs.numel()))
+guesses = ", ".join(f"**{ctx.run.tokenizer.vocab[int(t)]}** ({float(p):.3f})" for p, t in zip(top.values, top.indices))
+st.markdown(f"After {ctx.labels[target]} the model predicts {guesses}.")
 n_attn = sum(e.kind == "attn" for e in graph.edges)
 st.caption(
     f"{len(graph.nodes)} nodes and {len(graph.edges)} edges ({n_attn} attention edges) on the routes into "
     f"position {ctx.labels[target]}. Click a node to see the heads or neurons behind it."
 )
-event = st.plotly_chart(flow_figure(graph, strs), key="flow_chart", on_select="rerun", selection_mode="points")
-points = [p for p in (event.selection.points if event else []) if p.get("customdata")]
-if points:
-    index, layer, pos, kind = points[0]["customdata"][:4]
-    if kind == "edge":  # an edge's midpoint marker: remember the edge by its two ends
-        e = graph.edges[int(index)]
-        ends = [graph.nodes[e.src], graph.nodes[e.dst]]
-        st.session_state["flow_pick"] = {"edge": [{"layer": v.layer, "pos": v.pos, "kind": v.kind} for v in ends]}
+
+
+def remember_pick() -> None:
+    """on_select: keep the clicked node, or the clicked edge by its two ends, before the page is drawn again."""
+    event = st.session_state.get("flow_chart")
+    points = [p for p in (event["selection"]["points"] if event else []) if p.get("customdata")]
+    if not points:
+        return
+    data = points[0]["customdata"]
+    if data[3] == "edge":
+        ends = [(data[1], data[2], data[6]), (data[7], data[8], data[9])]
+        st.session_state["flow_pick"] = {"edge": [{"layer": l, "pos": p, "kind": k} for l, p, k in ends]}
     else:
-        st.session_state["flow_pick"] = {"layer": int(layer), "pos": int(pos), "kind": str(kind)}
+        st.session_state["flow_pick"] = {"layer": int(data[1]), "pos": int(data[2]), "kind": str(data[3])}
+
+
+def picked_node(pick: dict | None) -> int | None:
+    """The graph's index of the picked node (an edge's destination), or None when it is not on these routes."""
+    if not pick:
+        return None
+    try:
+        v = pick["edge"][1] if "edge" in pick else pick
+        return graph.node_index(v["layer"], v["pos"], v["kind"])
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+st.plotly_chart(
+    flow_figure(graph, strs, highlight=picked_node(st.session_state.get("flow_pick"))),
+    key="flow_chart",
+    on_select=remember_pick,
+    selection_mode="points",
+)
 
 pick = st.session_state.get("flow_pick")
 if not pick:
@@ -62,8 +107,9 @@ try:
     else:
         chosen = None
         picked = graph.node_index(pick["layer"], pick["pos"], pick["kind"])
-except KeyError as err:
-    st.info(f"The node or edge picked before is not on these routes: {err}")
+except (KeyError, IndexError, TypeError):
+    # the pick belongs to other routes (another threshold, target or prompt): forget it quietly
+    st.session_state.pop("flow_pick", None)
     st.stop()
 node = graph.nodes[picked]
 if chosen is not None:

@@ -107,3 +107,21 @@ def test_a_heads_pattern_is_drawn_full_size_with_every_token_labelled(browser_pa
         want = round(float(weights[k]), 2)
         assert alphas[k] == pytest.approx(want if want >= 0.01 else 0.0, abs=0.011), (k, alphas[k], want)
     assert all(a == 0 for a in alphas[13:])  # no attention to later tokens
+
+
+def test_the_flow_graph_spans_the_prompt_and_has_a_colour_legend(browser_page, runs_dir: Path):
+    url, page = browser_page
+    prompt = "BOS 1 2 3 4 5 6 1 2 3 4 5 6"
+    page.goto(f"{url}/flow?run=attn&flow_target=5&prompt={prompt.replace(' ', '+')}", timeout=60_000)
+    plot = plot_titled(page, "information flow into position 5")
+    page.wait_for_timeout(500)
+    drawn = plot.evaluate(
+        """el => ({range: el._fullLayout.xaxis.range, xtitle: el._fullLayout.xaxis.title.text,
+            ytitle: el._fullLayout.yaxis.title.text,
+            legend: Array.from(el.querySelectorAll('.legendtext')).map(t => t.textContent),
+            ticks: Array.from(el.querySelectorAll('.xtick text')).map(t => t.textContent)})"""
+    )
+    assert drawn["range"][0] < 0 and drawn["range"][1] > 12  # the routes end at 5; the axis still shows 0..12
+    assert drawn["ticks"] == [f"{i}: {t}" for i, t in enumerate(prompt.split())]
+    assert drawn["xtitle"] == "position: token" and drawn["ytitle"] == "layer"
+    assert any(t.startswith("edge: attention") for t in drawn["legend"]), drawn["legend"]

@@ -16,7 +16,7 @@ def test_flow_breakdown_matches_probes(app, runs_dir):
     run = load_run(runs_dir / "attn")
     tokens = torch.tensor([run.tokenizer.encode("BOS 1 2 3 4 5 6 1 2 3 4 5 6")])
     graph = information_flow(run.model, tokens, target_pos=n - 1, tau=0.04)
-    assert f"{len(graph.nodes)} nodes and {len(graph.edges)} edges" in at.caption[0].value
+    assert f"{len(graph.nodes)} nodes and {len(graph.edges)} edges" in at.caption[1].value
 
     # a click lands in flow_pick; pick the final node, whose incoming attention edges carry the head split
     at.session_state["flow_pick"] = {"layer": 2, "pos": n - 1, "kind": "resid_pre"}
@@ -45,12 +45,12 @@ def test_flow_breakdown_matches_probes(app, runs_dir):
 
 def test_threshold_changes_routes(app, runs_dir):
     at = app("flow", run="attn", prompt="BOS 1 2 3 4 5 6 1 2 3 4 5 6", flow_threshold=0.0)
-    loose = at.caption[0].value
+    loose = at.caption[1].value
     at.slider(key="flow_threshold").set_value(0.2).run()
     assert not at.exception
     run = load_run(runs_dir / "attn")
     graph = information_flow(run.model, torch.tensor([run.tokenizer.encode("BOS 1 2 3 4 5 6 1 2 3 4 5 6")]), -1, 0.2)
-    assert f"{len(graph.nodes)} nodes and {len(graph.edges)} edges" in at.caption[0].value
+    assert f"{len(graph.nodes)} nodes and {len(graph.edges)} edges" in at.caption[1].value
     assert at.caption[0].value != loose
 
 
@@ -81,3 +81,51 @@ def test_flow_figure_has_a_clickable_marker_per_edge(runs_dir):
     (mids,) = [t for t in flow_figure(graph).data if t.name == "edges"]
     assert len(mids.x) == len(graph.edges)
     assert [c[0] for c in mids.customdata] == list(range(len(graph.edges)))
+
+
+def test_a_pick_off_the_new_routes_is_forgotten_without_a_message(app, runs_dir):
+    prompt = "BOS 1 2 3 4 5 6 1 2 3 4 5 6"
+    at = app(
+        "flow", run="attn", prompt=prompt, flow_threshold=0.0, flow_pick={"layer": 0, "pos": 3, "kind": "resid_pre"}
+    )
+    assert not at.exception, at.exception
+    assert at.subheader, "the node is on the routes at tau 0"
+    at.slider(key="flow_threshold").set_value(0.2).run()
+    assert not at.exception, at.exception
+    assert not at.info and not at.subheader  # no stale "picked before" box
+    assert "flow_pick" not in at.session_state
+
+
+def test_the_target_follows_a_new_prompt_and_the_prediction_is_shown(app, runs_dir):
+    at = app("flow", run="attn", prompt="BOS 1 2 3 1 2 3")
+    assert at.selectbox(key="flow_target").value == 6
+    at.sidebar.text_area(key="prompt").input("BOS 1 2 3 4 5 6 1 2 3 4 5 6").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="flow_target").value == 12  # the new prompt's last position, not the old one's
+    run = load_run(runs_dir / "attn")
+    logits = run.model(torch.tensor([run.tokenizer.encode("BOS 1 2 3 4 5 6 1 2 3 4 5 6")]))[0, 12].detach()
+    top = logits.softmax(-1).topk(3)
+    shown = at.markdown[0].value
+    assert shown.startswith("After 12:6 the model predicts")
+    for p, t in zip(top.values, top.indices):
+        assert f"**{run.tokenizer.vocab[int(t)]}** ({float(p):.3f})" in shown
+
+
+def test_the_flow_figure_spans_every_position_names_tokens_and_explains_its_colours(runs_dir):
+    from probes.information_flow import flow_figure
+    from probes.information_flow.figure import EDGE_MEANING
+
+    run = load_run(runs_dir / "attn")
+    prompt = "BOS 1 2 3 4 5 6 1 2 3 4 5 6"
+    tokens = torch.tensor([run.tokenizer.encode(prompt)])
+    graph = information_flow(run.model, tokens, target_pos=5, tau=0.04)  # routes into position 5 reach no later one
+    fig = flow_figure(graph, prompt.split(), highlight=0)
+    assert fig.layout.xaxis.range[0] < 0 and fig.layout.xaxis.range[1] > 12  # positions 6..12 have room too
+    legend = [t.name for t in fig.data if t.showlegend is not False and t.name.startswith("edge:")]
+    assert sorted(legend) == sorted(f"edge: {EDGE_MEANING[k]}" for k in {e.kind for e in graph.edges})
+    (mids,) = [t for t in fig.data if t.name == "edges"]
+    i = next(i for i, e in enumerate(graph.edges) if e.kind == "attn")
+    src, dst = graph.nodes[graph.edges[i].src], graph.nodes[graph.edges[i].dst]
+    assert f"at {src.pos}: {prompt.split()[src.pos]}" in mids.text[i] and "top head L" in mids.text[i]
+    assert f"at {dst.pos}: {prompt.split()[dst.pos]}" in mids.text[i]
+    assert [t for t in fig.data if t.name == "selected"]
