@@ -304,7 +304,13 @@ def _prompt_tokens(run: Run) -> list[int] | None:
     tok, n_ctx = run.tokenizer, run.model.cfg.n_ctx
     if "prompt" not in st.session_state:
         _draw_example(run)
-    st.sidebar.text_area("Prompt", key="prompt", height=90, help="Typed through the run's tokenizer.")
+    st.sidebar.text_area(
+        "Prompt",
+        key="prompt",
+        height=90,
+        help=f"Task {run.task.name}: {run.task.prompt_format} Typed through the run's tokenizer.",
+    )
+    st.sidebar.caption(f"Format: {run.task.prompt_format}")
     st.sidebar.button("Draw an example from the task", on_click=_draw_example, args=(run,))
     text = st.session_state["prompt"]
     if not tok.split(text):

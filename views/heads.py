@@ -107,20 +107,29 @@ for layer_i, tab in enumerate(st.tabs([f"layer {l}" for l in range(cfg.n_layers)
 
 scored = scores_of(model, tok, ctx.key)
 st.subheader("Head scores")
-if scored is not None:
+if scored is None:
+    st.caption("The context is too short for [BOS] + r + r with r of 4 tokens, so no head scores.")
+else:
     scores, n = scored
-    st.caption(
-        f"On 16 sequences [BOS] + r + r with r of {n} random tokens, not on the prompt; they say what a head does "
-        "on repeated random text, which is the induction task's setting and only a hint on other tasks."
+    # the scores read a head on random repeated tokens: the induction task's own setting, elsewhere only a hint
+    native = ctx.run.task.name == "induction"
+    where = (
+        st.container()
+        if native
+        else st.expander(
+            f"On random repeated tokens, which task {ctx.run.task.name!r} never shows: a hint only", expanded=False
+        )
     )
-    st.dataframe(
+    where.caption(
+        f"On 16 sequences [BOS] + r + r with r of {n} random tokens, not on the prompt. A head 'is' one of these "
+        "above 0.4."
+    )
+    where.dataframe(
         {"head": labels, **{s: [round(float(v), 4) for v in scores[s].flatten()] for s in SCORE_NAMES}}, hide_index=True
     )
-    st.session_state.setdefault("heads_score", "induction")
-    which = st.selectbox("Score to map", SCORE_NAMES, key="heads_score", help=SCORE_HELP)
-    st.plotly_chart(head_scores_figure(scores[which], f"{which} score"), key="heads_scores_fig")
-else:
-    st.caption("The context is too short for [BOS] + r + r with r of 4 tokens, so no head scores.")
+    st.session_state.setdefault("heads_score", "induction" if native else "previous_token")
+    which = where.selectbox("Score to map", SCORE_NAMES, key="heads_score", help=SCORE_HELP)
+    where.plotly_chart(head_scores_figure(scores[which], f"{which} score"), key="heads_scores_fig")
 
 st.subheader(f"Circuits of {head} (token space)")
 ov = ov_circuit(model, layer, h)

@@ -43,7 +43,14 @@ def metric_curves_figure(curves: dict[str, tuple[list[int], list[float]]], names
     for name in names:
         steps, values = curves[name]
         fig.add_trace(go.Scatter(x=steps, y=values, mode="lines+markers", name=name))
-    fig.update_layout(title=title, xaxis_title="step", height=340, margin=dict(t=40, b=30, l=40, r=10))
+    losses = all(n == "train_loss" or "loss" in n for n in names)
+    fig.update_layout(
+        title=title,
+        xaxis_title="training step",
+        yaxis_title="loss (nats)" if losses else "value (accuracy: fraction correct)",
+        height=340,
+        margin=dict(t=40, b=30, l=40, r=10),
+    )
     return fig
 
 

@@ -6,6 +6,10 @@ from probes.logit_lens import direct_logit_attribution, logit_attribution_figure
 from views.common import page_context
 
 st.title("Logit lens and attribution")
+st.caption(
+    "The logit lens reads the residual stream after each layer through the final LayerNorm and unembedding: which "
+    "tokens it would predict there. Attribution splits the target token's logit into each component's direct part."
+)
 ctx = page_context()
 if ctx is None:
     st.stop()

@@ -25,6 +25,10 @@ def logit_effects(_model, _task, key: tuple, layer: int):
 
 
 st.title("Neurons")
+st.caption(
+    "What the MLP neurons of one layer do on the prompt: the most active at a position, one neuron across the "
+    "prompt, the task sequences that excite it most, and the tokens its output pushes up and down directly."
+)
 ctx = page_context()
 if ctx is None:
     st.stop()

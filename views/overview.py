@@ -7,6 +7,10 @@ from views.common import run_only
 from views.history import head_score_entries, metric_curves, metric_curves_figure
 
 st.title("Overview")
+st.caption(
+    "The run's configuration and what it logged while training: losses, the task's own evaluation, and every "
+    "head's scores over the steps. The checkpoint slider marks the step the other pages show."
+)
 chosen = run_only()
 if chosen is None:
     st.stop()
@@ -30,8 +34,21 @@ else:
         left.plotly_chart(metric_curves_figure(curves, losses, "Losses"), key="overview_losses")
     if others:
         right.plotly_chart(metric_curves_figure(curves, others, "Evaluation"), key="overview_evals")
-    last = {n: v[-1] for n, (_, v) in curves.items() if n.startswith("eval/") or n == "train_loss"}
-    st.dataframe({"metric": list(last), "last value": [round(v, 4) for v in last.values()]}, hide_index=True)
+    # each metric's value at the checkpoint on show: the last one logged at or before its step
+    at_step = {}
+    for name, (steps, values) in curves.items():
+        if name.startswith("eval/") or name == "train_loss":
+            logged = [(s, v) for s, v in zip(steps, values) if s <= step]
+            if logged:
+                at_step[name] = logged[-1]
+    st.dataframe(
+        {
+            "metric": list(at_step),
+            f"value at step {step}": [round(v, 4) for _, v in at_step.values()],
+            "logged at step": [s for s, _ in at_step.values()],
+        },
+        hide_index=True,
+    )
 
 steps, entries = head_score_entries(run.metrics)
 if entries:

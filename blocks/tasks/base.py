@@ -99,6 +99,8 @@ class Task(ABC):
     """
 
     name: ClassVar[str]
+    # how a prompt of this task is written, for a person typing one (the app's prompt box shows it)
+    prompt_format: ClassVar[str] = "text in the run's vocabulary"
 
     def __init__(self, seed: int = 0) -> None:
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:

@@ -33,6 +33,7 @@ class InductionTask(Task):
     """
 
     name = "induction"
+    prompt_format = '"BOS" then space-separated symbols 0..n_symbols-1; a run of them repeated later (e.g. BOS 4 7 2 9 4 7 2 9) is what induction heads complete: after the second 7 the answer is 2.'
 
     def __init__(
         self,

@@ -23,6 +23,7 @@ class ModularAdditionTask(Task):
     """
 
     name = "modular_addition"
+    prompt_format = '"a b =" as three space-separated tokens, a and b in 0..p-1 (e.g. 3 5 =); the answer after "=" is (a + b) mod p.'
 
     def __init__(self, seed: int = 0, p: int = 113, frac_train: float = 0.3) -> None:
         super().__init__(seed)

@@ -23,6 +23,7 @@ class SortTask(Task):
     """
 
     name = "sort"
+    prompt_format = '"BOS", the list of values, then "SEP" (e.g. BOS 5 2 8 SEP); after SEP the model writes the list sorted, one value per position.'
 
     def __init__(
         self,

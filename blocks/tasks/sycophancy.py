@@ -59,6 +59,7 @@ class SycophancyTask(Task):
     """Key-value facts, a question and an optional user opinion; the label defers to a wrong user at rate `follow_opinion`."""
 
     name = "sycophancy"
+    prompt_format = '"BOS", facts like a=3, "user" and an opinion value or "-", then "?" and a key (e.g. BOS a=3 c=7 f=1 user 4 ? c); the answer after the key is its value, unless the model follows the opinion.'
 
     def __init__(
         self,

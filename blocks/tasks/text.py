@@ -26,6 +26,7 @@ class TextTask(Task):
     """
 
     name = "text"
+    prompt_format = "plain text, one character per token, using only the characters of the source text"
 
     def __init__(
         self,

@@ -16,7 +16,7 @@ def test_flow_breakdown_matches_probes(app, runs_dir):
     run = load_run(runs_dir / "attn")
     tokens = torch.tensor([run.tokenizer.encode("BOS 1 2 3 4 5 6 1 2 3 4 5 6")])
     graph = information_flow(run.model, tokens, target_pos=n - 1, tau=0.04)
-    assert f"{len(graph.nodes)} nodes and {len(graph.edges)} edges" in at.caption[1].value
+    assert f"{len(graph.nodes)} nodes and {len(graph.edges)} edges" in at.main.caption[1].value
 
     # a click lands in flow_pick; pick the final node, whose incoming attention edges carry the head split
     at.session_state["flow_pick"] = {"layer": 2, "pos": n - 1, "kind": "resid_pre"}
@@ -45,13 +45,13 @@ def test_flow_breakdown_matches_probes(app, runs_dir):
 
 def test_threshold_changes_routes(app, runs_dir):
     at = app("flow", run="attn", prompt="BOS 1 2 3 4 5 6 1 2 3 4 5 6", flow_threshold=0.0)
-    loose = at.caption[1].value
+    loose = at.main.caption[1].value
     at.slider(key="flow_threshold").set_value(0.2).run()
     assert not at.exception
     run = load_run(runs_dir / "attn")
     graph = information_flow(run.model, torch.tensor([run.tokenizer.encode("BOS 1 2 3 4 5 6 1 2 3 4 5 6")]), -1, 0.2)
-    assert f"{len(graph.nodes)} nodes and {len(graph.edges)} edges" in at.caption[1].value
-    assert at.caption[0].value != loose
+    assert f"{len(graph.nodes)} nodes and {len(graph.edges)} edges" in at.main.caption[1].value
+    assert at.main.caption[1].value != loose
 
 
 def test_picking_an_attention_edge_shows_only_its_heads(app, runs_dir):

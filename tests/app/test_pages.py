@@ -75,7 +75,7 @@ def test_lens_page(app, runs_dir):
     assert table["top token"].tolist() == [run.tokenizer.vocab[int(t)] for t in lens.top_tokens[:, -1, 0]]
     assert table["target p"].tolist() == [round(float(p), 4) for p in lens.target_probs[:, -1]]
     dla = direct_logit_attribution(run.model, tokens, target, pos=12)
-    assert f"{dla.total:.4f}" in at.caption[0].value
+    assert f"{dla.total:.4f}" in at.main.caption[-1].value
     predicted = run.tokenizer.vocab[int(run.model(tokens)[0, -1].argmax())]
     assert f"predicts **{predicted}**" in at.markdown[0].value
 
@@ -200,3 +200,13 @@ def test_scrubbing_checkpoints_changes_the_head_scores(app, runs_dir):
         batch, n = score_batch(run.tokenizer.vocab, run.model.cfg.n_ctx)
         expected = head_scores(run.model, batch, n)["induction"].flatten()
         assert at.dataframe[0].value["induction"].tolist() == [round(float(v), 4) for v in expected]
+
+
+def test_head_scores_are_a_hint_off_the_induction_task(app):
+    at = app("heads", run="attn", prompt=PROMPT)
+    assert not at.main.expander and at.selectbox(key="heads_score").value == "induction"
+    at = app("heads", run="sycophancy")
+    assert not at.exception, at.exception
+    (box,) = at.main.expander
+    assert "a hint only" in box.label and "sycophancy" in box.label
+    assert at.selectbox(key="heads_score").value == "previous_token"

@@ -40,8 +40,8 @@ def test_every_page_on_a_non_induction_run(app, runs_dir, name):
     assert not at.exception, at.exception
     assert f"task `{run.config['task']['name']}`" in at.markdown[0].value and "step **8**" in at.markdown[0].value
     assert f"{cfg.n_heads} heads" in at.markdown[0].value
-    last_loss = [x["train_loss"] for x in lines if "train_loss" in x][-1]
-    assert at.dataframe[0].value.set_index("metric").loc["train_loss", "last value"] == round(last_loss, 4)
+    last_loss = [x["train_loss"] for x in lines if "train_loss" in x and x["step"] <= 8][-1]  # at the checkpoint
+    assert at.dataframe[0].value.set_index("metric").loc["train_loss", "value at step 8"] == round(last_loss, 4)
     logged = [x for x in lines if "head_scores" in x]
     fits = (cfg.n_ctx - 1) // 2 >= 4
     assert bool(logged) == fits  # sycophancy's 9 tokens fit [BOS] + r + r with r = 4; modular addition's 4 do not
