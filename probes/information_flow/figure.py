@@ -145,7 +145,7 @@ def flow_figure(graph: FlowGraph, token_labels: Sequence[str] | None = None, hig
             )
         )
     fig.update_layout(
-        title=f"information flow into position {graph.target_pos} (tau={graph.tau})",
+        title=f"information flow into position {graph.target_pos} (tau={graph.tau:g})",
         xaxis={
             "tickmode": "array",
             "tickvals": list(range(len(labels))),
