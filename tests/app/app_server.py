@@ -33,8 +33,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(runs: Path, timeout: float = 60.0) -> Iterator[str]:
-    """Start the app headless on 127.0.0.1 (telemetry off), yield its URL, and stop it afterwards."""
+def serve(runs: Path, timeout: float = 60.0, watcher: str | None = "none") -> Iterator[str]:
+    """Start the app headless on 127.0.0.1 (telemetry off), yield its URL, and stop it afterwards.
+
+    `watcher` is the file watcher type; None leaves the one .streamlit/config.toml sets. The
+    server's process id is `serve.pid` while it runs.
+    """
     port = free_port()
     cmd = [
         sys.executable,
@@ -50,8 +54,7 @@ def serve(runs: Path, timeout: float = 60.0) -> Iterator[str]:
         str(port),
         "--browser.gatherUsageStats",
         "false",
-        "--server.fileWatcherType",
-        "none",
+        *(["--server.fileWatcherType", watcher] if watcher is not None else []),
         "--",
         "--runs",
         str(runs),
@@ -61,6 +64,7 @@ def serve(runs: Path, timeout: float = 60.0) -> Iterator[str]:
         cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
     )
     url = f"http://127.0.0.1:{port}"
+    serve.pid = proc.pid
     try:
         deadline = time.monotonic() + timeout
         while True:
