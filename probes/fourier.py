@@ -119,6 +119,29 @@ def neuron_grid(
     return cache[name][:, pos].cpu().view(p, p, -1)
 
 
+def fourier_verdict(summary: FourierSummary, test_accuracy: float | None, step: int) -> str:
+    """What the summary means for this run, in words; a run that has not grokked is expected to look unorganised.
+
+    Grokked means test accuracy above 0.99 (ModularAdditionTask.evaluate). A grokked network of the
+    Nanda et al. kind keeps most of its MLP's variance in a few key frequencies.
+    """
+    share = f"{summary.explained:.0%} of the MLP's variance lies in the key frequencies {summary.key_frequencies}"
+    if test_accuracy is None:
+        return f"{share}; the run logged no test accuracy, so whether it has grokked is unknown."
+    if test_accuracy <= 0.99:
+        return (
+            f"This run has not grokked (test accuracy {test_accuracy:.3f} at step {step}): {share}. Before grokking "
+            "the network memorises the training pairs and is not expected to use a few frequencies, so a low share "
+            "here means 'not yet', not that the Fourier algorithm is absent; train longer (weight decay drives it)."
+        )
+    if summary.explained < 0.5:
+        return (
+            f"Grokked (test accuracy {test_accuracy:.3f}), yet only {share}: it generalises by some other means than "
+            "a few frequencies, or its frequencies are spread; look at the per-neuron table."
+        )
+    return f"Grokked (test accuracy {test_accuracy:.3f}) and {share}: the sparse Fourier algorithm of Nanda et al."
+
+
 def fourier_figure(summary: FourierSummary) -> go.Figure:
     """Embedding norm per frequency, and how many neurons each frequency dominates."""
     n_freq = summary.embedding_norms.shape[0]

@@ -201,6 +201,43 @@ def random_model_like(model: Transformer, seed: int = 0) -> Transformer:
     return fresh.to(next(model.parameters()).device).eval()
 
 
+def probe_verdict(feature: str, trained: LayerProbes, random: LayerProbes, margin: float = 0.05) -> str:
+    """What the best stream's numbers mean, in words: a positive result, or why a null or negative one is one.
+
+    Three checks on the stream where the probe reads `feature` best: above chance at all; above the
+    control task (Hewitt & Liang: each token type gets one fixed random label, so a probe can pass it
+    only by memorising token identities); above a randomly initialised model of the same shape
+    (which can only pass on what the embeddings carry).
+    """
+    best = int(trained.task_accuracy.argmax())
+    name = trained.labels[best]
+    acc, control = float(trained.task_accuracy[best]), float(trained.control_accuracy[best])
+    rand = float(random.task_accuracy[best])
+    if acc <= trained.chance + margin:
+        return (
+            f"Null result: no stream encodes {feature!r} linearly; the best, {name}, reaches {acc:.3f} against "
+            f"chance {trained.chance:.3f}. The model may not compute it, or not in a linear direction."
+        )
+    lines = []
+    if acc <= control + margin:
+        lines.append(
+            f"Negative result: at {name} the probe reaches {acc:.3f}, but on the control task it reaches {control:.3f}: "
+            "a probe that can only memorise token identities does as well, so the accuracy says nothing about a "
+            f"{feature!r} representation."
+        )
+    if acc <= rand + margin:
+        lines.append(
+            f"A randomly initialised model of the same shape gives {rand:.3f} at {name}: the feature can be read from "
+            "the token embeddings alone, so this is not something training taught the model."
+        )
+    if lines:
+        return " ".join(lines)
+    return (
+        f"Positive result: {name} encodes {feature!r} linearly ({acc:.3f}, against {control:.3f} on the control task "
+        f"and {rand:.3f} for a random model)."
+    )
+
+
 def probe_figure(trained: LayerProbes, random: LayerProbes | None = None, title: str = "linear probe") -> go.Figure:
     """Task accuracy, control accuracy and selectivity per stream (and the random model's task accuracy)."""
     fig = go.Figure()

@@ -181,6 +181,14 @@ class Task(ABC):
         """An evaluate() key that turns 1.0 when the task's published result is reached (or None)."""
         return None
 
+    def milestone_meaning(self) -> str | None:
+        """What reaching the milestone means, in words, for the training log (None: no milestone)."""
+        return None
+
+    def training_notes(self) -> list[str]:
+        """Lines the training log prints first, on what its numbers can and cannot reach."""
+        return []
+
     def default_model_config(self) -> TransformerConfig:
         """The model a plain `python -m blocks.train --task NAME` trains."""
         return TransformerConfig(d_vocab=self.tokenizer.d_vocab, n_ctx=self.seq_len)

@@ -191,6 +191,26 @@ class InductionTask(Task):
     def milestone(self) -> str | None:
         return "induction_formed"
 
+    def milestone_meaning(self) -> str:
+        return (
+            "induction heads formed: a layer-0 head attends to the previous token and a later head to the token "
+            "after the earlier copy (both scores above 0.4), the repeated half's loss is under 1 nat, and the "
+            f"random half's stays within 0.5 of ln {self.n_symbols}"
+        )
+
+    def training_notes(self) -> list[str]:
+        if self.loss_on != "all":
+            return []
+        tokens, _ = self.generate(64, seed=self.seed)
+        rows = tokens.tolist()
+        scored = sum(len(self.scored_positions(r)) for r in rows) / sum(len(r) - 1 for r in rows)
+        floor = (1 - scored) * math.log(self.n_symbols)
+        return [
+            f"note: the train loss cannot go much below {floor:.2f} nats: about {1 - scored:.0%} of the predicted "
+            f"tokens are random (ln {self.n_symbols} = {math.log(self.n_symbols):.2f} nats each); only the repeat "
+            "can be learnt, so watch eval/loss_repeated_half fall, not the train loss"
+        ]
+
     def default_model_config(self) -> TransformerConfig:
         return TransformerConfig(
             n_layers=2,

@@ -107,6 +107,9 @@ class ModularAdditionTask(Task):
     def milestone(self) -> str | None:
         return "grokked"
 
+    def milestone_meaning(self) -> str:
+        return "the model generalised (grokked): accuracy above 0.99 on the held-out pairs, long after it fit the training pairs"
+
     def default_model_config(self) -> TransformerConfig:
         return TransformerConfig(
             n_layers=1,

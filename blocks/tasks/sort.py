@@ -106,6 +106,9 @@ class SortTask(Task):
     def milestone(self) -> str | None:
         return "solved"
 
+    def milestone_meaning(self) -> str:
+        return "the model sorts: token accuracy above 0.99 on the sorted half of the test lists"
+
     def default_model_config(self) -> TransformerConfig:
         return TransformerConfig(
             n_layers=1, d_model=128, n_heads=2, d_vocab=self._tokenizer.d_vocab, n_ctx=self.seq_len, attn_only=True

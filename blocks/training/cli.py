@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m blocks.train") ->
                 f"training {task_name} on {trainer.device} into {out} ({trainer.step}/{train_cfg.steps} steps done)",
                 file=sys.stderr,
             )
+            for line in task.training_notes():
+                print(line, file=sys.stderr)
         result = trainer.run()
     except TrainingDiverged as err:
         print(f"stopped: {err}", file=sys.stderr)
@@ -203,11 +205,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m blocks.train") ->
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     if rank0:
-        report(result, train_cfg.steps)
+        report(result, train_cfg.steps, task)
     return 130 if result.interrupted else 0
 
 
-def report(result: TrainResult, steps: int) -> None:
+def report(result: TrainResult, steps: int, task: Task | None = None) -> None:
     if result.interrupted:
         print(f"interrupted: saved step {result.step} in {result.out}; continue with --resume", file=sys.stderr)
     elif result.step == result.start_step:  # no step ran, so there is no loss to report
@@ -220,8 +222,15 @@ def report(result: TrainResult, steps: int) -> None:
         print(
             f"done: {result.step} steps, final train loss {result.final_loss:.4f}, run in {result.out}", file=sys.stderr
         )
+    meaning = task.milestone_meaning() if task is not None else None
     if result.milestone_step is not None:
-        print(f"milestone reached at step {result.milestone_step}", file=sys.stderr)
+        print(
+            f"milestone {task.milestone() if task else ''} reached at step {result.milestone_step}"
+            + (f": {meaning}" if meaning else ""),
+            file=sys.stderr,
+        )
+    elif meaning and not result.interrupted:
+        print(f"milestone {task.milestone()} not reached in {result.step} steps (it means {meaning})", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 import torch
+from plotly.offline import get_plotlyjs
 
 from blocks.fast import keep_freed_memory
 from blocks.training.runs import Run, load_run
@@ -85,11 +86,34 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
+PLOTLY_JS = "plotly.min.js"
+
+
+def plotly_js_for(out: Path) -> Path:
+    """The one plotly.min.js the figures under an output root share, written there on first use.
+
+    The output root is `out`'s parent (out/ for `--out out/heads`), so the probe scripts' folders
+    side by side share one 4.8 MB copy; a folder directly in the working directory (or at the
+    filesystem's top) is its own root, so nothing lands beside the code.
+    """
+    out = out.resolve()
+    for folder in (out, out.parent):
+        if (folder / PLOTLY_JS).is_file():
+            return folder / PLOTLY_JS
+    root = out if out.parent in (Path.cwd().resolve(), Path(out.anchor)) else out.parent
+    path = root / PLOTLY_JS
+    tmp = path.with_name(f".{PLOTLY_JS}.{os.getpid()}.tmp")
+    tmp.write_text(get_plotlyjs(), encoding="utf-8")
+    tmp.replace(path)  # whole or absent, even if two scripts write it at once
+    return path
+
+
 def write_figure(out: str | Path, name: str, fig: go.Figure) -> Path:
-    """Write `fig` to out/name.html; plotly.js is written once beside it, so the pages work offline."""
+    """Write `fig` to out/name.html, loading the output root's shared plotly.min.js, so the pages work offline."""
     path = Path(out) / f"{name}.html"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(path, include_plotlyjs="directory")
+    script = os.path.relpath(plotly_js_for(path.parent), path.parent.resolve())
+    fig.write_html(path, include_plotlyjs=Path(script).as_posix())
     return path
 
 

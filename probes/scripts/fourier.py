@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import torch
 
 from blocks.training.runs import Run
-from probes.fourier import fourier_figure, neuron_grid, summarise
+from probes.fourier import fourier_figure, fourier_verdict, neuron_grid, summarise
 from probes.scripts import cli
 
 
@@ -47,6 +47,7 @@ def body(args: argparse.Namespace, run: Run) -> None:
         ["key frequency", "neurons it dominates", "embedding norm"],
     )
     print(f"share of MLP variance in the key frequencies: {summary.explained:.3f}")
+    print(fourier_verdict(summary, last.get("eval/test_acc"), run.step))
     cli.write_json(
         args.out,
         "grokking",

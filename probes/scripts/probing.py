@@ -26,7 +26,7 @@ from torch import Tensor
 
 from blocks.tasks.common import dataset_tensors
 from blocks.training.runs import Run
-from probes.probing import IGNORE, probe_figure, probe_layers, random_model_like
+from probes.probing import IGNORE, probe_figure, probe_layers, probe_verdict, random_model_like
 from probes.scripts import cli
 
 
@@ -105,6 +105,7 @@ def body(args: argparse.Namespace, run: Run) -> None:
         ],
         ["stream", "task acc", "control acc", "selectivity", "random-model acc"],
     )
+    print(probe_verdict(feature, trained, random))
     cli.write_json(
         args.out,
         f"probe_{feature}",

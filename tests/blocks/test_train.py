@@ -1,6 +1,7 @@
 """The trainer: exact resume after Ctrl-C, NaN stop, refusing other runs, bad input, schedules, DDP equivalence."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from blocks.tasks import get_task, task_options
 from blocks.training.checkpoints import checkpoint_files
 from blocks.training.cli import build, main, parse_overrides
 from blocks.training.config import TrainConfig
@@ -318,3 +320,19 @@ def test_ddp_two_processes_match_one_on_the_same_global_batch(tmp_path):
             assert (w1[name] - w2[name]).abs().max() <= 4 * 1e-3
         else:
             torch.testing.assert_close(w1[name], w2[name], atol=1e-6, rtol=1e-5)
+
+
+def test_the_training_log_says_what_its_milestone_means_and_why_induction_loss_stays_high(tmp_path, capsys):
+    small = {**TINY, "steps": 4, "eval_every": 100, "n_checkpoints": 1}
+    args = [f"--{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in small.items()]
+    assert main(["--task", "induction", "--out", str(tmp_path / "run"), "--no-progress", *args]) == 0
+    err = capsys.readouterr().err
+    task = get_task("induction", **{k: v for k, v in small.items() if k in task_options("induction")})
+    (note,) = task.training_notes()
+    assert note in err and "cannot go much below" in note and "random" in note
+    # the floor it names is the random tokens' share of the loss: ln n_symbols on each of them
+    tokens, _ = task.generate(64, seed=task.seed)
+    rows = tokens.tolist()
+    share = 1 - sum(len(task.scored_positions(r)) for r in rows) / sum(len(r) - 1 for r in rows)
+    assert f"below {share * math.log(task.n_symbols):.2f} nats" in note
+    assert f"milestone induction_formed not reached in 4 steps (it means {task.milestone_meaning()})" in err

@@ -207,3 +207,54 @@ def test_the_installed_command_and_the_module_forms_start(tmp_path):
     for module in ("probes.scripts.fourier", "probes.patching", "probes.information_flow", "blocks.train"):
         helped = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
         assert helped.returncode == 0 and "usage:" in helped.stdout, helped.stderr[-1000:]
+
+
+def test_figures_under_one_output_root_share_one_plotly_js(tmp_path, monkeypatch):
+    import plotly.graph_objects as go
+
+    from probes.scripts.cli import write_figure
+
+    monkeypatch.chdir(tmp_path)
+    fig = go.Figure(go.Bar(x=["a"], y=[1]))
+    pages = [write_figure(tmp_path / "out" / name, "fig", fig) for name in ("heads", "flow", "patching")]
+    assert sorted(p.name for p in tmp_path.rglob("plotly*.js")) == ["plotly.min.js"]  # one copy, not one per folder
+    shared = tmp_path / "out" / "plotly.min.js"
+    assert shared.stat().st_size > 1_000_000
+    for page in pages:
+        assert '<script charset="utf-8" src="../plotly.min.js"></script>' in page.read_text()
+    # a folder directly in the working directory is its own root: nothing is written beside the code
+    alone = write_figure("results", "fig", fig)
+    assert (tmp_path / "results" / "plotly.min.js").is_file() and not (tmp_path / "plotly.min.js").exists()
+    assert 'src="plotly.min.js"' in alone.read_text()
+
+
+def test_probe_scripts_say_what_a_null_or_negative_result_means(runs, tmp_path, capsys):
+    from probes.fourier import FourierSummary, fourier_verdict
+    from probes.probing import LayerProbes, probe_verdict
+
+    def probes(task, control):
+        return LayerProbes(["embed", "L0"], torch.tensor(task), torch.tensor(control), chance=0.5)
+
+    assert probe_verdict("f", probes([0.52, 0.53], [0.5, 0.5]), probes([0.5, 0.5], [0.5, 0.5])).startswith(
+        "Null result: no stream encodes 'f' linearly; the best, L0, reaches 0.530 against chance 0.500"
+    )
+    below_control = probe_verdict("f", probes([0.7, 0.8], [0.7, 0.85]), probes([0.6, 0.6], [0.6, 0.6]))
+    assert below_control.startswith("Negative result: at L0 the probe reaches 0.800, but on the control task")
+    as_random = probe_verdict("f", probes([0.7, 0.9], [0.5, 0.5]), probes([0.7, 0.9], [0.5, 0.5]))
+    assert "randomly initialised model of the same shape gives 0.900" in as_random and "Positive" not in as_random
+    assert probe_verdict("f", probes([0.7, 0.95], [0.5, 0.6]), probes([0.6, 0.6], [0.5, 0.5])).startswith(
+        "Positive result: L0 encodes 'f' linearly"
+    )
+    summary = FourierSummary([1, 3], 0.2, torch.zeros(4, dtype=torch.long), torch.zeros(4), torch.zeros(3))
+    assert fourier_verdict(summary, 0.4, 100).startswith("This run has not grokked (test accuracy 0.400 at step 100)")
+    assert "Grokked (test accuracy 1.000), yet only 20%" in fourier_verdict(summary, 1.0, 100)
+
+    # the scripts print them: the tiny runs here are trained a few steps, so neither has grokked or learnt much
+    capsys.readouterr()
+    fourier.main(["--run", str(runs["modular_addition"]), "--out", str(tmp_path), "--keys", "2"])
+    assert "This run has not grokked" in capsys.readouterr().out
+    probing.main(["--run", str(runs["sort"]), "--out", str(tmp_path), "--rows", "16"])
+    out = capsys.readouterr().out
+    assert any(
+        out.strip().splitlines()[-1].startswith(s) for s in ("Null result", "Negative result", "Positive", "A randomly")
+    )
