@@ -16,7 +16,7 @@ from probes.patching import (
     patch_heads_by_pos,
     patching_figure,
 )
-from views.common import page_context
+from views.common import download, page_context
 from views.history import prompt_losses
 
 PATCH_KINDS = {
@@ -253,3 +253,19 @@ if by_diff.clean == by_diff.corrupted:
     st.info("The two prompts give the same logit difference, so there is nothing to restore.")
 else:
     st.plotly_chart(patching_figure(by_diff, tok.token_strs(ids)), key="patch_fig")
+    download(
+        "Download the patching results (JSON)",
+        {
+            "kind": kind,
+            "axes": by_diff.axes,
+            "prompt": tok.token_strs(ids),
+            "corrupted": tok.token_strs(corrupted[0].tolist()),
+            "answer": answer_str,
+            "wrong": wrong_str,
+            "position": pos,
+            "logit_diff": {"clean": by_diff.clean, "corrupted": by_diff.corrupted, "patched": by_diff.values},
+            "p_answer": {"clean": by_prob.clean, "corrupted": by_prob.corrupted, "patched": by_prob.values},
+        },
+        "patching",
+        "patch_download",
+    )

@@ -12,6 +12,7 @@ Every selection lives in `st.session_state` under these keys, which tests may se
 | `flow_threshold` | information-flow edge threshold tau (float) |
 | `flow_target` | position whose routes are drawn (int) |
 | `flow_pick` | the clicked node or edge, as {"kind": "attn"/"mlp"/..., "layer", "src", "dst"} |
+| `flow_compare`, `heads_compare` | a second checkpoint step drawn beside the chosen one (None: no comparison) |
 | `head` | selected head, "L{layer}H{head}" |
 | `neuron_layer`, `neuron_pos`, `neuron` | neuron page: layer, position, neuron index |
 | `heads_score` | head score mapped on the heads page |
@@ -60,9 +61,11 @@ STATE_KEYS = (
     "flow_threshold",
     "flow_target",
     "flow_pick",
+    "flow_compare",
     "head",
     "heads_score",
     "heads_circuit_tokens",
+    "heads_compare",
     "neuron_layer",
     "neuron_pos",
     "neuron",
@@ -92,9 +95,11 @@ URL_KEYS: dict[str, type] = {
     "flow_threshold": float,
     "flow_target": int,
     "flow_pick": dict,
+    "flow_compare": int,
     "head": str,
     "heads_score": str,
     "heads_circuit_tokens": str,
+    "heads_compare": int,
     "neuron_layer": int,
     "neuron_pos": int,
     "neuron": int,
@@ -113,8 +118,8 @@ URL_KEYS: dict[str, type] = {
 PAGE_URL_KEYS = {
     "": ("overview_score",),
     "overview": ("overview_score",),
-    "flow": ("flow_target", "flow_threshold", "flow_pick"),
-    "heads": ("head", "heads_score", "heads_circuit_tokens"),
+    "flow": ("flow_target", "flow_threshold", "flow_pick", "flow_compare"),
+    "heads": ("head", "heads_score", "heads_circuit_tokens", "heads_compare"),
     "neurons": ("neuron_layer", "neuron_pos", "neuron"),
     "lens": ("lens_pos", "lens_target"),
     "ablate": (
@@ -362,3 +367,48 @@ def page_context() -> PageContext | None:
         return None
     logits, cache = activations(*key, tuple(ids))
     return PageContext(run, key, torch.tensor([ids]), position_labels(run.tokenizer, ids), logits, cache)
+
+
+def compare_checkpoint(ctx: PageContext, key: str, where: Any = st) -> PageContext | None:
+    """A selectbox of the run's other usable checkpoints; the prompt's context on the one chosen (None: none chosen).
+
+    The second checkpoint is loaded and run through the same caches as the first, so a comparison
+    costs one forward the first time and nothing after.
+    """
+    run_path, step = Path(ctx.key[0]), ctx.key[1]
+    others = [s for s, err in cached_checkpoint_status(run_path) if err is None and s != step]
+    if not others:
+        return None
+    if st.session_state.get(key) not in [None, *others]:
+        st.session_state[key] = None
+    other = where.selectbox(
+        "Compare with checkpoint",
+        [None, *others],
+        key=key,
+        format_func=lambda s: "no comparison" if s is None else f"step {s}",
+        help="Draw the same view for a second checkpoint of this run beside the chosen one.",
+    )
+    if other is None:
+        return None
+    mtime = max(checkpoint_file(run_path, other).stat().st_mtime, (run_path / "config.json").stat().st_mtime)
+    run = load_cached(str(run_path), other, mtime)
+    ids = tuple(ctx.tokens[0].tolist())
+    logits, cache = activations(str(run_path), other, mtime, ids)
+    return PageContext(run, (str(run_path), other, mtime), ctx.tokens, ctx.labels, logits, cache)
+
+
+def download(label: str, data: Any, name: str, key: str, where: Any = st) -> None:
+    """A button that downloads the numbers behind a figure as JSON (lists of numbers, tensors as nested lists)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Tensor):
+            return value.detach().cpu().tolist()
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    where.download_button(
+        label, json.dumps(plain(data), indent=1), file_name=f"{name}.json", mime="application/json", key=key
+    )

@@ -4,7 +4,7 @@ import streamlit as st
 import torch
 
 from probes.information_flow import TAU, FlowGraph, flow_figure, head_importance_map, information_flow
-from views.common import page_context
+from views.common import compare_checkpoint, download, page_context
 from views.figures import matrix_figure
 
 
@@ -85,12 +85,36 @@ def picked_node(pick: dict | None) -> int | None:
         return None
 
 
-st.plotly_chart(
+def routes_data(g: FlowGraph, step: int) -> dict:
+    """The numbers behind a routes figure, for the download button."""
+    return {
+        "step": step,
+        "prompt": strs,
+        "target_pos": g.target_pos,
+        "tau": g.tau,
+        "nodes": [{"layer": v.layer, "pos": v.pos, "kind": v.kind} for v in g.nodes],
+        "edges": [{"src": e.src, "dst": e.dst, "kind": e.kind, "importance": e.importance} for e in g.edges],
+    }
+
+
+other = compare_checkpoint(ctx, "flow_compare")
+here, there = st.columns(2) if other is not None else (st.container(), None)
+if other is not None:
+    here.markdown(f"**step {ctx.key[1]}** (chosen in the sidebar)")
+here.plotly_chart(
     flow_figure(graph, strs, highlight=picked_node(st.session_state.get("flow_pick"))),
     key="flow_chart",
     on_select=remember_pick,
     selection_mode="points",
 )
+download("Download these routes (JSON)", routes_data(graph, ctx.key[1]), "flow_routes", "flow_download", here)
+if other is not None and there is not None:
+    graph_b = routes(other.run.model, other.key, tuple(prompt_ids), int(target), float(tau))
+    there.markdown(f"**step {other.key[1]}**: {len(graph_b.nodes)} nodes and {len(graph_b.edges)} edges")
+    there.plotly_chart(flow_figure(graph_b, strs), key="flow_chart_compare")
+    download(
+        "Download these routes (JSON)", routes_data(graph_b, other.key[1]), "flow_routes_b", "flow_download_b", there
+    )
 
 pick = st.session_state.get("flow_pick")
 if not pick:

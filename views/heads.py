@@ -7,7 +7,7 @@ import torch
 
 from probes.head_scores import SCORE_NAMES, head_scores, head_scores_figure, score_batch
 from probes.token_circuits import circuit_figure, copying_score, ov_circuit, qk_circuit
-from views.common import page_context
+from views.common import compare_checkpoint, download, page_context
 from views.figures import matrix_figure
 
 SCORE_HELP = (
@@ -73,21 +73,38 @@ head = st.selectbox("Head", labels, key="head", help="The head the full-size pat
 layer, h = labels.index(head) // cfg.n_heads, labels.index(head) % cfg.n_heads
 pattern = ctx.cache[f"blocks.{layer}.attn.hook_pattern"][0]
 
-big, text = st.columns([3, 2])
-fig = matrix_figure(
-    pattern[h],
-    ctx.labels,
-    ctx.labels,
-    f"{head} attention pattern",
-    0,
-    1,
-    x_title="key position",
-    y_title="query position",
-)
-fig.update_xaxes(dtick=1, tickangle=-60)  # every token labelled, however many
-fig.update_yaxes(dtick=1)
-fig.update_layout(height=max(420, 18 * len(ctx.labels) + 160))
-big.plotly_chart(fig, key="heads_pattern_big")
+
+def full_pattern(z: torch.Tensor, title: str):
+    fig = matrix_figure(z, ctx.labels, ctx.labels, title, 0, 1, x_title="key position", y_title="query position")
+    fig.update_xaxes(dtick=1, tickangle=-60)  # every token labelled, however many
+    fig.update_yaxes(dtick=1)
+    fig.update_layout(height=max(420, 18 * len(ctx.labels) + 160))
+    return fig
+
+
+other = compare_checkpoint(ctx, "heads_compare")
+if other is not None:
+    a, b = st.columns(2)
+    a.plotly_chart(full_pattern(pattern[h], f"{head} attention pattern, step {ctx.key[1]}"), key="heads_pattern_big")
+    pattern_b = other.cache[f"blocks.{layer}.attn.hook_pattern"][0, h]
+    b.plotly_chart(full_pattern(pattern_b, f"{head} attention pattern, step {other.key[1]}"), key="heads_pattern_b")
+    download(
+        "Download both patterns (JSON)",
+        {"tokens": ctx.labels, f"step {ctx.key[1]}": pattern[h], f"step {other.key[1]}": pattern_b},
+        f"{head}_patterns",
+        "heads_pattern_download",
+    )
+    big, text = st.columns([3, 2])
+else:
+    big, text = st.columns([3, 2])
+    big.plotly_chart(full_pattern(pattern[h], f"{head} attention pattern"), key="heads_pattern_big")
+    download(
+        "Download this pattern (JSON)",
+        {"tokens": ctx.labels, "step": ctx.key[1], "pattern": pattern[h]},
+        f"{head}_pattern",
+        "heads_pattern_download",
+        big,
+    )
 text.markdown(f"**{head} as text**: hover a token to shade the tokens it attends to.")
 with text:
     text_view(strs, pattern[h], f"attn-{layer}-{h}")
@@ -129,7 +146,22 @@ else:
     )
     st.session_state.setdefault("heads_score", "induction" if native else "previous_token")
     which = where.selectbox("Score to map", SCORE_NAMES, key="heads_score", help=SCORE_HELP)
-    where.plotly_chart(head_scores_figure(scores[which], f"{which} score"), key="heads_scores_fig")
+    scored_b = scores_of(other.run.model, tok, other.key) if other is not None else None
+    if scored_b is None:
+        where.plotly_chart(head_scores_figure(scores[which], f"{which} score"), key="heads_scores_fig")
+    else:
+        a, b = where.columns(2)
+        a.plotly_chart(head_scores_figure(scores[which], f"{which} score, step {ctx.key[1]}"), key="heads_scores_fig")
+        b.plotly_chart(
+            head_scores_figure(scored_b[0][which], f"{which} score, step {other.key[1]}"), key="heads_scores_fig_b"
+        )
+    download(
+        "Download the head scores (JSON)",
+        {"heads": labels, "step": ctx.key[1], **{s: scores[s].flatten() for s in SCORE_NAMES}},
+        "head_scores",
+        "heads_scores_download",
+        where,
+    )
 
 st.subheader(f"Circuits of {head} (token space)")
 ov = ov_circuit(model, layer, h)
@@ -151,4 +183,16 @@ a.plotly_chart(
 )
 b.plotly_chart(
     circuit_figure(ov, tok.vocab, f"{head} OV circuit", "output token", "source token", keep), key="heads_ov"
+)
+download(
+    "Download the QK and OV circuits (JSON)",
+    {"tokens": [tok.vocab[i] for i in (keep or range(cfg.d_vocab))], "qk": qk_circuit(model, layer, h), "ov": ov}
+    if keep is None
+    else {
+        "tokens": [tok.vocab[i] for i in keep],
+        "qk": qk_circuit(model, layer, h)[keep][:, keep],
+        "ov": ov[keep][:, keep],
+    },
+    f"{head}_circuits",
+    "heads_circuits_download",
 )

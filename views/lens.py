@@ -3,7 +3,7 @@
 import streamlit as st
 
 from probes.logit_lens import direct_logit_attribution, logit_attribution_figure, logit_lens, logit_lens_figure
-from views.common import page_context
+from views.common import download, page_context
 
 st.title("Logit lens and attribution")
 st.caption(
@@ -33,6 +33,19 @@ st.markdown(
 
 lens = logit_lens(model, ctx.tokens, k=3, target=target)
 st.plotly_chart(logit_lens_figure(lens, tok.token_strs(ctx.tokens[0]), tok.vocab), key="lens_fig")
+download(
+    "Download the lens (JSON)",
+    {
+        "streams": lens.labels,
+        "prompt": tok.token_strs(ctx.tokens[0]),
+        "target": target_str,
+        "top_tokens": [[[tok.vocab[int(t)] for t in row] for row in stream] for stream in lens.top_tokens],
+        "top_probs": lens.top_probs,
+        "target_probs": lens.target_probs,
+    },
+    "logit_lens",
+    "lens_download",
+)
 st.dataframe(
     {
         "stream": lens.labels,

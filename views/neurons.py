@@ -5,7 +5,7 @@ import streamlit as st
 
 from blocks.tasks.common import dataset_tensors
 from probes.neurons import neuron_logit_effects, neuron_logit_figure, top_activating_examples, top_examples_figure
-from views.common import page_context
+from views.common import download, page_context
 
 
 @st.cache_resource(max_entries=8, show_spinner="Reading the task's test data...")
@@ -78,3 +78,10 @@ else:
     left.plotly_chart(top_examples_figure(examples, data, run.tokenizer.vocab), key="neuron_top_examples")
     effects = logit_effects(model, run.task, ctx.key, layer)
     right.plotly_chart(neuron_logit_figure(effects, neuron, run.tokenizer.vocab), key="neuron_logits")
+    download(
+        "Download its logit effects (JSON)",
+        {"neuron": f"L{layer}N{neuron}", "tokens": run.tokenizer.vocab, "effect": effects[neuron]},
+        f"L{layer}N{neuron}_logit_effects",
+        "neuron_logits_download",
+        right,
+    )

@@ -129,3 +129,19 @@ def test_the_flow_figure_spans_every_position_names_tokens_and_explains_its_colo
     assert f"at {src.pos}: {prompt.split()[src.pos]}" in mids.text[i] and "top head L" in mids.text[i]
     assert f"at {dst.pos}: {prompt.split()[dst.pos]}" in mids.text[i]
     assert [t for t in fig.data if t.name == "selected"]
+
+
+def test_compare_two_checkpoints_side_by_side(app, runs_dir):
+    prompt = "BOS 1 2 3 4 5 6 1 2 3 4 5 6"
+    at = app("flow", run="attn", prompt=prompt, flow_compare=4)
+    assert not at.exception, at.exception
+    tokens = torch.tensor([load_run(runs_dir / "attn").tokenizer.encode(prompt)])
+    for step, text in ((8, at.markdown[1].value), (4, at.markdown[2].value)):
+        graph = information_flow(load_run(runs_dir / "attn", step=step).model, tokens, target_pos=12, tau=0.04)
+        assert text.startswith(f"**step {step}**")
+        if step == 4:
+            assert f"{len(graph.nodes)} nodes and {len(graph.edges)} edges" in text
+    assert [b.proto.label for b in at.get("download_button")] == ["Download these routes (JSON)"] * 2
+    assert dict(at.query_params)["flow_compare"] == "4"
+    at.selectbox(key="flow_compare").set_value(None).run()
+    assert len(at.get("plotly_chart")) == 1 and len(at.get("download_button")) == 1

@@ -210,3 +210,33 @@ def test_head_scores_are_a_hint_off_the_induction_task(app):
     (box,) = at.main.expander
     assert "a hint only" in box.label and "sycophancy" in box.label
     assert at.selectbox(key="heads_score").value == "previous_token"
+
+
+def test_heads_compare_checkpoints_and_export(app, runs_dir):
+    at = app("heads", run="attn", prompt=PROMPT, head="L1H0", heads_compare=0)
+    assert not at.exception, at.exception
+    charts = {json.loads(c.proto.spec)["layout"]["title"]["text"]: c for c in at.get("plotly_chart")}
+    for step in (8, 0):
+        run = load_run(runs_dir / "attn", step=step)
+        _, cache = run.model.run_with_cache(tokens_of(run))
+        z = json.loads(charts[f"L1H0 attention pattern, step {step}"].proto.spec)["data"][0]["z"]
+        torch.testing.assert_close(torch.tensor(z), cache["blocks.1.attn.hook_pattern"][0, 0])
+    assert "induction score, step 0" in charts and "induction score, step 8" in charts
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels == [
+        "Download both patterns (JSON)",
+        "Download the head scores (JSON)",
+        "Download the QK and OV circuits (JSON)",
+    ]
+
+
+def test_every_figure_page_offers_its_numbers_for_download(app):
+    for page, state, label in (
+        ("ablate", {"patch_corrupted": "BOS 1 2 3 4 5 6 7 8 9 0 1 2"}, "Download the patching results (JSON)"),
+        ("neurons", {}, "Download its logit effects (JSON)"),
+        ("lens", {}, "Download the lens (JSON)"),
+        ("heads", {}, "Download this pattern (JSON)"),
+    ):
+        at = app(page, run="mlp", prompt=PROMPT, **state)
+        assert not at.exception, at.exception
+        assert label in [b.proto.label for b in at.get("download_button")], page
