@@ -144,6 +144,15 @@ if chosen is not None:
 else:
     st.subheader(f"Behind {node.label} ({ctx.labels[node.pos]})")
 
+
+def open_page(page: str, **state: object) -> None:
+    """Go to another page with its selections set to this node: the views are linked through the session state."""
+    st.session_state.update(state)
+    st.switch_page(page)
+
+
+if st.button(f"Logit lens at {ctx.labels[node.pos]}", help="what the stream there would predict, layer by layer"):
+    open_page("views/lens.py", lens_pos=node.pos)
 if node.kind == "mlp":
     contrib = graph.neuron_contributions[picked]
     top = contrib.topk(min(10, contrib.numel()))
@@ -155,6 +164,9 @@ if node.kind == "mlp":
         hide_index=True,
         key="flow_neurons",
     )
+    top_neuron = int(top.indices[0])
+    if st.button(f"Open L{node.layer}N{top_neuron} on the neurons page", help="its activations and logit effects"):
+        open_page("views/neurons.py", neuron_layer=node.layer, neuron_pos=node.pos, neuron=top_neuron)
     st.stop()
 if node.kind in ("b_O", "b_out"):
     st.write("An output bias: a constant part of the stream, with no heads or neurons behind it.")
@@ -193,6 +205,8 @@ best = f"L{layer}H{int(graph.head_contributions[edges[0]].argmax())}"
 head_labels = [f"L{layer}H{h}" for h in range(model.cfg.n_heads)]
 head = st.radio("Head", head_labels, index=head_labels.index(best), horizontal=True, key="flow_head")
 h = head_labels.index(head)
+if st.button(f"Open {head} on the heads page", help="its full pattern, text view, scores, QK and OV circuits"):
+    open_page("views/heads.py", head=head)
 a, b = st.columns(2)
 pattern = ctx.cache[f"blocks.{layer}.attn.hook_pattern"][0, h]
 a.plotly_chart(matrix_figure(pattern, ctx.labels, ctx.labels, f"{head} attention pattern", 0, 1), key="flow_pattern")

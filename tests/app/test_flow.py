@@ -145,3 +145,19 @@ def test_compare_two_checkpoints_side_by_side(app, runs_dir):
     assert dict(at.query_params)["flow_compare"] == "4"
     at.selectbox(key="flow_compare").set_value(None).run()
     assert len(at.get("plotly_chart")) == 1 and len(at.get("download_button")) == 1
+
+
+def test_a_picked_node_links_to_the_lens_and_heads_pages(app, runs_dir):
+    prompt = "BOS 1 2 3 4 5 6 1 2 3 4 5 6"
+    at = app("flow", run="attn", prompt=prompt, flow_pick={"layer": 2, "pos": 12, "kind": "resid_pre"})
+    assert not at.exception, at.exception
+    head = at.radio(key="flow_head").value
+    assert at.button[1].label == f"Open {head} on the heads page"
+    at.button[1].click().run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Attention heads" and at.selectbox(key="head").value == head
+
+    at = app("flow", run="attn", prompt=prompt, flow_pick={"layer": 1, "pos": 7, "kind": "resid_pre"})
+    assert at.button[0].label == "Logit lens at 7:1"
+    at.button[0].click().run()
+    assert at.title[0].value == "Logit lens and attribution" and at.selectbox(key="lens_pos").value == 7
