@@ -103,7 +103,19 @@ def test_paths_outside_the_runs_folder_are_refused(root_with_link, monkeypatch, 
     assert "Cannot open that run" in at.error[0].value
 
 
-def test_two_sessions_at_once_are_independent(app, runs_dir):
+def test_two_sessions_at_once_are_independent(app, runs_dir, monkeypatch):
+    # Python 3.11 can fail to parse in two threads at once ("AST constructor recursion depth mismatch",
+    # a CPython bug), and AppTest compiles the page afresh in each thread; the page's compile is not what
+    # this test is about, so it is serialised while the two sessions still run at once.
+    from streamlit.runtime.scriptrunner.script_cache import ScriptCache
+
+    compile_page, lock = ScriptCache.get_bytecode, threading.Lock()
+
+    def one_at_a_time(self, path):
+        with lock:
+            return compile_page(self, path)
+
+    monkeypatch.setattr(ScriptCache, "get_bytecode", one_at_a_time)
     prompts = {"a": "BOS 1 2 3 4 1 2 3", "b": "BOS 7 7 9 8 7 7 9 8 2"}
     run = load_run(runs_dir / "mlp")
     sessions = {k: AppTest.from_file(APP, default_timeout=60) for k in prompts}
