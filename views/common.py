@@ -409,6 +409,12 @@ def download(label: str, data: Any, name: str, key: str, where: Any = st) -> Non
             return [plain(v) for v in value]
         return value
 
+    # deferred: the JSON is made only when the button is clicked, not on every rerun of the page
     where.download_button(
-        label, json.dumps(plain(data), indent=1), file_name=f"{name}.json", mime="application/json", key=key
+        label,
+        lambda: json.dumps(plain(data), indent=1),
+        file_name=f"{name}.json",
+        mime="application/json",
+        key=key,
+        on_click="ignore",
     )

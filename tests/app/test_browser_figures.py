@@ -125,3 +125,19 @@ def test_the_flow_graph_spans_the_prompt_and_has_a_colour_legend(browser_page, r
     assert drawn["ticks"] == [f"{i}: {t}" for i, t in enumerate(prompt.split())]
     assert drawn["xtitle"] == "position: token" and drawn["ytitle"] == "layer"
     assert any(t.startswith("edge: attention") for t in drawn["legend"]), drawn["legend"]
+
+
+def test_a_download_holds_the_numbers_drawn(browser_page, runs_dir: Path):
+    import json
+
+    url, page = browser_page
+    prompt = "BOS 1 2 3 4 5 6 1 2 3 4 5 6"
+    page.goto(f"{url}/heads?run=attn&head=L1H0&prompt={prompt.replace(' ', '+')}", timeout=60_000)
+    plot_titled(page, "L1H0 attention pattern")
+    with page.expect_download(timeout=60_000) as info:
+        page.get_by_role("button", name="Download this pattern (JSON)").click()
+    data = json.loads(Path(info.value.path()).read_text())
+    run = load_run(runs_dir / "attn")
+    _, cache = run.model.run_with_cache(torch.tensor([run.tokenizer.encode(prompt)]))
+    assert data["step"] == 8 and data["tokens"] == [f"{i}:{t}" for i, t in enumerate(prompt.split())]
+    torch.testing.assert_close(torch.tensor(data["pattern"]), cache["blocks.1.attn.hook_pattern"][0, 0])
