@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import induction_model, previous_token_model, random_model
+from probe_models import induction_model, previous_token_model, random_model
 
 from probes.circuit.attribution import ZeroGradientError, edge_attribution, node_attribution
 from probes.circuit.composition import composition_baseline, composition_scores
