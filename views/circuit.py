@@ -116,7 +116,7 @@ if not circuit.has_path:
     st.warning("No path of these edges leads from the embeddings to the logits: the circuit computes nothing itself.")
 
 event = st.plotly_chart(
-    circuit_figure(circuit.edges, scores, exact),
+    circuit_figure(circuit.edges, scores, exact, title=f"Top {k} edges by {method}: {circuit.size} after pruning"),
     key="circuit_chart",
     on_select="rerun",
     selection_mode="points",
