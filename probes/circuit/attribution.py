@@ -107,7 +107,7 @@ def node_attribution(model: Transformer, contrast: Contrast, kind: NodeKind = "h
         else:
             per_layer.append(einops.reduce(effect, "batch pos d_model -> 1 pos", "sum"))
     return NodeAttribution(
-        kind, torch.stack(per_layer).detach(), float(value.detach()), float(contrast.value(corrupted_logits))
+        kind, torch.stack(per_layer).detach().cpu(), float(value.detach()), float(contrast.value(corrupted_logits))
     )
 
 
@@ -169,7 +169,7 @@ def _gradient_scores(
     """
     graph, cfg = Graph.of(model.cfg), model.cfg
     upstream = graph.valid.sum(0).tolist()  # senders are in forward order: receiver r reads the first upstream[r]
-    scores = torch.zeros(graph.valid.shape, dtype=model.W_E.dtype)
+    scores = torch.zeros(graph.valid.shape, dtype=model.W_E.dtype, device=model.W_E.device)
     last = f"blocks.{cfg.n_layers - 1}.hook_resid_post"
     senders: list[Tensor] | None = None
     clean_value = float("nan")
@@ -227,7 +227,7 @@ def _gradient_scores(
                 mid = carriers[f"blocks.{layer}.hook_resid_mid"]
                 add([graph.receiver_index(f"MLP{layer}")], _layer_norm_vjp(block.ln2, mid, back)[:, :, None])
         add([graph.receiver_index("logits")], grads[last][:, :, None])
-    return scores / len(alphas), clean_value
+    return (scores / len(alphas)).cpu(), clean_value
 
 
 def edge_attribution(

@@ -5,6 +5,7 @@ A module of its own (not conftest), so that test files can import these by a nam
 import torch
 
 from blocks import Transformer, TransformerConfig
+from probes.circuit.contrast import Contrast
 
 
 def random_model(**overrides) -> Transformer:
@@ -92,3 +93,33 @@ def induction_model(n_ctx: int = 16, d_vocab: int = 8, strength: float = 30.0) -
         second.W_O[0, :d_vocab, O : O + d_vocab] = eye
         model.W_U[O : O + d_vocab] = 4 * eye
     return model
+
+
+# -- models and prompts for the circuit tests ----------------------------------------------
+
+CONFIGS = {
+    "mlp_ln": {},
+    "attn_only_shortformer": dict(attn_only=True, normalization=None, positional="shortformer"),
+    "mlp_no_ln": dict(normalization=None),
+    "attn_only_ln_shortformer": dict(attn_only=True, positional="shortformer"),  # the default induction shape
+}
+
+
+def model_of(name: str) -> Transformer:
+    """A random float64 model of one of CONFIGS, its LayerNorms given random weights and biases too."""
+    model = random_model(**CONFIGS[name]).double()
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name_, p in model.named_parameters():
+            if ".ln" in name_ or name_.startswith("ln_final"):
+                p.copy_((1.0 if name_.endswith("weight") else 0.0) + 0.3 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def contrast_for(model, batch: int = 6, pos: int = 9, seed: int = 1, kind: str = "logit_diff") -> Contrast:
+    gen = torch.Generator().manual_seed(seed)
+    clean = torch.randint(0, model.cfg.d_vocab, (batch, pos), generator=gen)
+    corrupted = torch.randint(0, model.cfg.d_vocab, (batch, pos), generator=gen)
+    mask = torch.zeros(batch, pos, dtype=torch.bool)
+    mask[:, -3:] = True
+    return Contrast.of_answers(clean, corrupted, clean.roll(-1, 1), corrupted.roll(-1, 1), mask, kind)

@@ -17,7 +17,7 @@ from probes.head_scores import THRESHOLD, repeated_tokens
 from probes.head_scores import head_scores as library_head_scores
 from probes.patching import logit_diff_metric, patch_by_layer_pos
 from probes.probing import IGNORE
-from probes.scripts import fourier, head_scores, information_flow, patching, probing
+from probes.scripts import circuit, fourier, head_scores, information_flow, patching, probing
 
 TINY = {
     "induction": dict(n_symbols=8, seq_len=16, min_repeat=3, max_repeat=6, n_train=64, n_test=16, eval_n=6),
@@ -156,6 +156,9 @@ def test_induction_probes_by_default_whether_a_token_was_seen_before(runs, tmp_p
         (head_scores, ["--run", "{induction}", "--device", "cuda:99"], "device 'cuda:99' is not available here"),
         (probing, ["--run", "{induction}", "--device", "mps:5"], "choose one of auto, cpu"),
         (head_scores, ["--run", "{induction}", "--out", "{induction}/config.json/out"], "cannot be created"),
+        (circuit, ["--run", "{induction}", "--ablation", "mean"], "estimates patching to the corrupted prompts"),
+        (circuit, ["--run", "{text}"], "has no default clean/corrupted prompts"),
+        (circuit, ["--run", "{induction}", "--metric", "logit_diff"], "use log_prob or prob"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys, script, argv, message):
@@ -207,3 +210,27 @@ def test_the_installed_command_and_the_module_forms_start(tmp_path):
     for module in ("probes.scripts.fourier", "probes.patching", "probes.information_flow", "blocks.train"):
         helped = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
         assert helped.returncode == 0 and "usage:" in helped.stdout, helped.stderr[-1000:]
+
+
+def test_circuit_script_writes_strict_json_that_matches_the_library(runs, tmp_path, capsys):
+    """Every number of circuit.json against probes.circuit on the same prompts; NaN never reaches the file."""
+    from probes.circuit.attribution import edge_attribution
+    from probes.circuit.discovery import circuit_from_scores
+    from probes.circuit.exact import exact_edge_patching
+    from probes.circuit.scores import rank_agreement
+
+    circuit.main(["--run", str(runs["induction"]), "--out", str(tmp_path), "--n", "16"])
+    out = capsys.readouterr().out
+    text = (tmp_path / "circuit.json").read_text()
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"circuit.json holds {c}"))
+    run = load_run(runs["induction"])
+    contrast = run.task.circuit_contrast(16)
+    ig, exact = edge_attribution(run.model, contrast, "eap-ig"), exact_edge_patching(run.model, contrast)
+    found = circuit_from_scores(run.model, contrast, ig)
+    assert data["circuit"]["edges"] == found.edge_names()
+    assert data["circuit"]["faithfulness"] == pytest.approx(found.faithfulness)
+    assert data["spearman_vs_exact"] == pytest.approx(rank_agreement(ig, exact))
+    assert data["scores"]["edges"] == pytest.approx(dict(zip(ig.graph.edge_names, ig.edge_values().tolist())))
+    assert data["composition"]["k"]["scores"][1][0][0][0] is None  # layer 1 -> layer 0: no composition, null
+    assert f"faithfulness {found.faithfulness:.3f}" in out
+    assert (tmp_path / "circuit.html").is_file() and (tmp_path / "faithfulness.html").is_file()
