@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,11 @@ from blocks.training.checkpoints import CHECKPOINTS, checkpoint_files, checkpoin
 from blocks.training.config import TrainConfig
 from blocks.transformer import Transformer
 from blocks.weights import atomic_write_bytes, load_tensors, read_json
+from probes.dynamics import Dynamics, cache_key, over_checkpoints
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+ANALYSIS = "analysis"  # cached analyses over checkpoints (probes.dynamics), one folder per analysis
 
 # Trainer settings that change neither the weights so far nor what a step does: a resumed run may
 # change them. `steps` moves the end of the run (and so the lr schedule from here on): a finished run
@@ -279,3 +282,29 @@ def load_run(
         step=step,
         skipped=errors,
     )
+
+
+def run_dynamics(
+    path: str | Path,
+    measure: Callable[[Transformer], Mapping[str, float]],
+    name: str,
+    arguments: Mapping[str, Any],
+    device: torch.device | str = "cpu",
+) -> Dynamics:
+    """`measure` at every readable checkpoint of the run, cached in `path/analysis/<name>-<hash of arguments>/`.
+
+    A step is computed again when its weights file changes (size or modification time).
+    """
+    path = Path(path)
+    steps = [step for step, err in checkpoint_status(path) if err is None]
+    if not steps:
+        raise FileNotFoundError(f"the run at {path} has no readable checkpoint")
+
+    def stamp(step: int) -> str:
+        info = checkpoint_files(path, step)[0].stat()
+        return f"{info.st_size}:{info.st_mtime_ns}"
+
+    def load(step: int) -> Transformer:
+        return load_run(path, step=step, device=device).model
+
+    return over_checkpoints(steps, load, measure, path / ANALYSIS / cache_key(name, arguments), stamp)

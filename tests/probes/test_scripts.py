@@ -17,7 +17,7 @@ from probes.head_scores import THRESHOLD, repeated_tokens
 from probes.head_scores import head_scores as library_head_scores
 from probes.patching import logit_diff_metric, patch_by_layer_pos
 from probes.probing import IGNORE
-from probes.scripts import circuit, fourier, head_scores, information_flow, patching, probing
+from probes.scripts import circuit, dynamics, fourier, head_scores, information_flow, patching, probing
 
 TINY = {
     "induction": dict(n_symbols=8, seq_len=16, min_repeat=3, max_repeat=6, n_train=64, n_test=16, eval_n=6),
@@ -193,7 +193,7 @@ def test_the_sandbox_command_runs_each_probe_script_by_name(runs, tmp_path, caps
         "sandbox",
     }
     assert sandbox.main(["probe", "no_such_probe"]) == 2
-    assert "sandbox probe takes one of circuit, fourier, head_scores" in capsys.readouterr().err
+    assert "sandbox probe takes one of circuit, dynamics, fourier, head_scores" in capsys.readouterr().err
     assert sandbox.main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
@@ -234,3 +234,24 @@ def test_circuit_script_writes_strict_json_that_matches_the_library(runs, tmp_pa
     assert data["composition"]["k"]["scores"][1][0][0][0] is None  # layer 1 -> layer 0: no composition, null
     assert f"faithfulness {found.faithfulness:.3f}" in out
     assert (tmp_path / "circuit.html").is_file() and (tmp_path / "faithfulness.html").is_file()
+
+
+def test_dynamics_script_evaluates_every_checkpoint_once(runs, tmp_path, capsys):
+    from blocks.training.runs import list_checkpoints
+    from probes.dynamics import induction_measures
+
+    argv = ["--run", str(runs["induction"]), "--out", str(tmp_path), "--seed", "2"]
+    dynamics.main(argv)
+    first = capsys.readouterr().out
+    data = _json(tmp_path / "dynamics.json")
+    steps = list_checkpoints(runs["induction"])
+    assert data["steps"] == steps and f"{len(steps)} checkpoints, {len(steps)} evaluated now" in first
+    run = load_run(runs["induction"], step=steps[-1])
+    task, n = run.task, run.task.eval_n
+    expected = induction_measures(
+        run.model, repeated_tokens(n, 32, 1, task.n_symbols + 1, 0, seed=2), n, task.generate(64, seed=1_002)[0]
+    )
+    for name, value in expected.items():
+        assert data["values"][name][-1] == pytest.approx(value)
+    dynamics.main(argv)
+    assert f"{len(steps)} checkpoints, 0 evaluated now" in capsys.readouterr().out
