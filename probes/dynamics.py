@@ -39,6 +39,14 @@ class Dynamics:
         """The first step at which `name` exceeds `threshold` (None if it never does)."""
         return next((s for s, v in zip(self.steps, self.values[name]) if v > threshold), None)
 
+    def first_at_most_from_then_on(self, name: str, threshold: float) -> int | None:
+        """The first step at which `name` is at or below `threshold` and stays there at every later checkpoint."""
+        values = self.values[name]
+        for i in range(len(values)):
+            if all(v <= threshold for v in values[i:]):
+                return self.steps[i]
+        return None
+
     def steepest_change(self, name: str) -> int:
         """The step that ends the interval over which `name` changes most per log-step: where a phase change sits."""
         if len(self.steps) < 2:
