@@ -14,6 +14,10 @@ from blocks.config import TransformerConfig
 from probes.circuit.contrast import Contrast
 from probes.head_scores import head_scores, score_batch
 
+# torch's generators take any 64-bit seed; tasks derive others by adding small numbers, so stay below 2**63.
+# Runs saved before the range was checked used negative seeds too, and must still load.
+SEED_MIN, SEED_MAX = -(2**63), 2**63
+
 
 class UnknownTokenError(ValueError):
     """Text held characters or tokens the tokenizer does not know. `unknown` lists them in order."""
@@ -101,9 +105,8 @@ class Task(ABC):
     name: ClassVar[str]
 
     def __init__(self, seed: int = 0) -> None:
-        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
-            # torch's generators take 64-bit seeds, and tasks derive several from this one
-            raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not SEED_MIN <= seed < SEED_MAX:
+            raise ValueError(f"seed must be an int in [-2**63, 2**63) (what torch's generators take), got {seed!r}")
         self.seed = seed
 
     @property
