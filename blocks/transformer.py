@@ -27,7 +27,7 @@ class Transformer(HookedModule):
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
-        check_fits(cfg)  # before allocating: a crafted config must not take the machine's memory
+        check_fits(cfg, batch=0)  # before allocating: a crafted config must not take the machine's memory
         self.cfg = cfg
         self.embed = Embedding(cfg.d_vocab, cfg.d_model, init_std=cfg.init_range)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
