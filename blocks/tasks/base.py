@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import datasets
@@ -103,6 +104,9 @@ class Task(ABC):
     """
 
     name: ClassVar[str]
+    # when set, data files are read only inside this folder (the app sets its runs folder: a run's
+    # config must not make it read, or fetch, anything else)
+    data_root: Path | None = None
 
     def __init__(self, seed: int = 0) -> None:
         if not isinstance(seed, int) or isinstance(seed, bool) or not SEED_MIN <= seed < SEED_MAX:

@@ -67,6 +67,8 @@ class TextTask(Task):
     @property
     def text(self) -> str:
         if self._text is None:
+            if self.data_root is not None:
+                self._check_source_inside(self.data_root)
             text = read_text(self.source, self.text_column, self.split)
             if self.max_chars is not None:
                 text = text[: self.max_chars]
@@ -78,6 +80,18 @@ class TextTask(Task):
                 )
             self._text = text
         return self._text
+
+    def _check_source_inside(self, root: Path) -> None:
+        source = Path(self.source)
+        try:
+            inside = source.is_file() and source.resolve().is_relative_to(Path(root).resolve())
+        except (OSError, RuntimeError):  # a link loop, an unreadable folder
+            inside = False
+        if not inside:
+            raise ValueError(
+                f"the run's text source {self.source!r} is not a file inside {root}, and nothing outside it is "
+                "read here; the saved tokenizer still works, but examples and datasets need the text"
+            )
 
     @property
     def tokenizer(self) -> Tokenizer:

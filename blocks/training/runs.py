@@ -225,11 +225,15 @@ def _read_weights(path: Path, step: int, model: Transformer, root: Path) -> dict
     return checked_state_dict(model, load_tensors(confined(weights, root)), source=str(weights))
 
 
-def build_task(config: dict[str, Any]) -> tuple[Task, Tokenizer]:
-    """The run's task, using the tokenizer saved with the run (text tasks need not re-read their data)."""
+def build_task(config: dict[str, Any], data_root: Path | None = None) -> tuple[Task, Tokenizer]:
+    """The run's task, using the tokenizer saved with the run (text tasks need not re-read their data).
+
+    With `data_root`, the task reads data files only inside that folder (the app passes its runs folder).
+    """
     tokenizer = Tokenizer.from_dict(config["tokenizer"])
     task = get_task(config["task"]["name"], **config["task"].get("options", {}))
     task.use_tokenizer(tokenizer)
+    task.data_root = data_root
     return task, tokenizer
 
 
@@ -245,10 +249,11 @@ def load_run(
     the app passes its runs folder, so a run's link to a file elsewhere is refused, naming the link.
     """
     path = Path(path)
+    data_root = None if root is None else Path(root)  # a run opened directly may read its data where it lies
     root = path if root is None else Path(root)
     confined(path, root)
     config = read_config(path, root)
-    task, tokenizer = build_task(config)
+    task, tokenizer = build_task(config, data_root)
     model = Transformer(TransformerConfig.from_dict(config["model"]))
     confined(path / CHECKPOINTS, root)
     steps = list_checkpoints(path)
