@@ -154,6 +154,9 @@ def direct_logit_attribution(
         stack = (stack - stack.mean(-1, keepdim=True)) / scale * model.ln_final.weight
         values = torch.cat([stack @ direction, (model.ln_final.bias @ direction)[None]])
         labels.append("ln_final.b")
+    elif model.cfg.normalization == "LNPre":  # the same linear map without a weight or bias
+        scale = cache["ln_final.hook_scale"][0, p]
+        values = (stack - stack.mean(-1, keepdim=True)) / scale @ direction
     else:
         values = stack @ direction
     values = torch.cat([values, bias_U.reshape(1)])

@@ -31,7 +31,7 @@ def test_every_hook_point_has_its_documented_shape(config: str) -> None:
     for name, act in cache.items():
         assert act.shape == expected_shape(name, model.cfg), name
     per_block = {n.split(".", 2)[2] for n in model.hook_names() if n.startswith("blocks.0.")}
-    has_ln = model.cfg.normalization == "LN"
+    has_ln = model.cfg.normalization is not None  # LN or LNPre
     has_mlp = not model.cfg.attn_only
     expected = {"hook_resid_pre", "hook_attn_out", "hook_resid_post"}
     expected |= {f"attn.hook_{x}" for x in ("q", "k", "v", "z", "attn_scores", "pattern", "result")}
