@@ -123,7 +123,11 @@ class Transformer(HookedModule):
         top_k: int | None = None,
         generator: torch.Generator | None = None,
     ) -> Int[Tensor, "batch new_pos"]:
-        """Append `max_new_tokens` sampled tokens (greedy when temperature is 0), keeping the last n_ctx as context."""
+        """Append `max_new_tokens` sampled tokens (greedy when temperature is 0), keeping the last n_ctx as context.
+
+        Every step is a plain forward, so the hooks of an enclosing `with model.hooks(...)` (an
+        ablation, a steering vector) act on each of them.
+        """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if top_k is not None and not 1 <= top_k <= self.cfg.d_vocab:

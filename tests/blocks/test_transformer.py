@@ -101,6 +101,23 @@ def test_generate_appends_tokens_and_is_greedy_at_zero_temperature() -> None:
     assert (sampled[:, 3:4] == top2).any(-1).all()
 
 
+def test_generate_runs_with_the_hooks_of_its_scope() -> None:
+    model = make_model()
+    prompt = tokens_for(model)[:, :3]
+    zero = lambda act, hook: torch.zeros_like(act)
+    with model.hooks([("hook_embed", zero), ("hook_pos_embed", zero)]):
+        blind = model.generate(prompt, max_new_tokens=6, temperature=0)
+        seen = []
+        with model.hooks([("blocks.1.hook_resid_post", lambda act, hook: seen.append(act.shape[1]))]):
+            model.generate(prompt, max_new_tokens=3, temperature=0)
+    # with the embeddings zeroed every position reads the same stream, so every new token is the same one
+    assert (blind[:, 3:] == blind[:, 3:4]).all()
+    assert seen == [3, 4, 5]  # one forward per new token, each over the whole context so far
+    free = model.generate(prompt, max_new_tokens=6, temperature=0)
+    assert not torch.equal(free, blind)  # the hooks are gone after their scope
+    assert torch.equal(free[:, 3], model(prompt)[:, -1].argmax(-1))
+
+
 def test_vmap_and_jvp_through_the_model_without_gradients() -> None:
     """torch.func transforms take the fast backend's torch fallbacks on wrapped tensors: same values as plain calls."""
     model = make_model(act_fn="gelu")
