@@ -281,13 +281,8 @@ def load_transformer_lens_checkpoint(weights: str | Path, config: dict[str, Any]
     weights = Path(weights)
     if weights.suffix == ".safetensors":
         state = load_tensors(weights)
-    else:
-        if not weights.is_file():
-            raise FileNotFoundError(f"no weights file at {weights}")
-        # weights_only: a checkpoint is data, never code to unpickle
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict):
-            raise ValueError(f"{weights} holds a {type(state).__name__}, not a state dict")
+    else:  # weights_only: a checkpoint is data, never code to unpickle; one that needs code is refused, saying so
+        state = read_checkpoint(weights)
     return from_transformer_lens(state, from_transformer_lens_config(config))
 
 

@@ -11,6 +11,7 @@ eps 1e-5, a tied lm_head without bias, and (with bias=False) no biases, which we
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +35,19 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        reason = f"it names {found.group(1)}" if found else type(err).__name__
         raise ValueError(
             f"{path} holds Python objects that only running code could rebuild ({reason}); checkpoints are read with "
-            "torch.load(weights_only=True) and nothing else. Re-save it as plain data: "
-            "torch.save({'model_args': dict(...), 'model': model.state_dict()}, path)"
+            "torch.load(weights_only=True) and nothing else. Re-save it as plain data (tensors, dicts, lists, "
+            "numbers, strings), e.g. torch.save({'model_args': dict(...), 'model': model.state_dict()}, path)"
         ) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise ValueError(f"{path} is not a readable torch checkpoint ({err}); it may be truncated or corrupt") from err
     if not isinstance(ckpt, dict):
-        raise ValueError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict with 'model_args' and 'model'")
+        raise ValueError(
+            f"{path} holds a {type(ckpt).__name__}, not a dict (of tensors, or nanoGPT's model_args and model)"
+        )
     return ckpt
 
 
