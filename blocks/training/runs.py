@@ -103,7 +103,8 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         if section == "tokenizer":
             if a != b:
                 out.append(
-                    f"tokenizer: the run's has {len(a.get('vocab', []))} tokens, this one {len(b.get('vocab', []))}"
+                    f"tokenizer: the run's has {_n_tokens(a)} tokens ({a.get('kind', 'listed')}), "
+                    f"this one {_n_tokens(b)} ({b.get('kind', 'listed')})"
                 )
             continue
         if section == "task":  # compare the task's options one by one, so the message names the option
@@ -113,6 +114,10 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             if a.get(key) != b.get(key):
                 out.append(f"{section}.{key}: run has {a.get(key)!r}, now {b.get(key)!r}")
     return out
+
+
+def _n_tokens(tokenizer: dict[str, Any]) -> int:
+    return Tokenizer.from_dict(tokenizer).d_vocab if tokenizer else 0
 
 
 def check_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool) -> bool:

@@ -94,3 +94,15 @@ def test_a_bpe_run_saves_its_tokenizer_and_opens_without_the_text(corpus: Path, 
     assert len(prompt) == 32 and max(prompt) < 280
     generated = run.model.generate(torch.tensor([prompt[:4]]), max_new_tokens=5, temperature=0)
     assert isinstance(run.tokenizer.decode(generated[0]), str) and generated.shape == (1, 9)
+
+
+def test_resuming_with_another_bpe_vocabulary_names_both_sizes(corpus: Path, tmp_path: Path) -> None:
+    text = tmp_path / "corpus.txt"
+    text.write_text(corpus.read_text()[:6000])
+    options = {"source": str(text), "seq_len": 16, "tokenizer": "bpe", "vocab_size": 280, "d_model": 16,
+               "n_heads": 2, "n_layers": 1, "steps": 2, "batch_size": 4, "eval_every": 2, "warmup_steps": 1,
+               "device": "cpu"}  # fmt: skip
+    Trainer(*build("text", options), tmp_path / "run", progress=False).run()
+    task, model_cfg, train_cfg = build("text", {**options, "vocab_size": 300})
+    with pytest.raises(ValueError, match=r"tokenizer: the run's has 280 tokens \(bpe\), this one 300 \(bpe\)"):
+        Trainer(task, model_cfg, train_cfg, tmp_path / "run", resume=True, progress=False)
