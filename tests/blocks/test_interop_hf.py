@@ -239,3 +239,20 @@ def test_gpt2_by_name_says_what_to_pass_offline(tmp_path: Path) -> None:
         load_gpt2("gpt2", cache_dir=tmp_path, local_files_only=True)
     with pytest.raises(ValueError, match="unknown GPT-2 name 'gpt5'.*gpt2-medium"):
         load_gpt2("gpt5")
+
+
+def test_the_original_gpt2_file_layout_loads(tmp_path: Path) -> None:
+    # openai-community/gpt2's model.safetensors: names without "transformer.", no lm_head (tied),
+    # and each block's causal-mask buffers attn.bias [1, 1, n_ctx, n_ctx] and attn.masked_bias
+    from safetensors.torch import save_file
+
+    hf = make_gpt2()
+    state = {k.removeprefix("transformer."): v.clone() for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+    for l in range(hf.config.n_layer):
+        state[f"h.{l}.attn.bias"] = torch.ones(1, 1, 16, 16).tril()
+        state[f"h.{l}.attn.masked_bias"] = torch.tensor(-1e4)
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    hf.config.save_pretrained(tmp_path)
+    tokens = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(from_hugging_face(tmp_path)(tokens), hf(tokens).logits, atol=1e-5, rtol=1e-5)
