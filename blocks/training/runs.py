@@ -102,9 +102,10 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
                 a.pop(key, None), b.pop(key, None)
         if section == "tokenizer":
             if a != b:
+                kinds = (a.get("kind", "listed"), b.get("kind", "listed"))
                 out.append(
-                    f"tokenizer: the run's has {_n_tokens(a)} tokens ({a.get('kind', 'listed')}), "
-                    f"this one {_n_tokens(b)} ({b.get('kind', 'listed')})"
+                    f"tokenizer: the run's has {_n_tokens(a)} tokens, this one {_n_tokens(b)}"
+                    + (f" (the run's is {kinds[0]}, this one {kinds[1]})" if "bpe" in kinds else "")
                 )
             continue
         if section == "task":  # compare the task's options one by one, so the message names the option
