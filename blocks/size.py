@@ -46,10 +46,11 @@ def n_params(cfg: TransformerConfig) -> int:
     """The number of parameters of Transformer(cfg), computed from the sizes alone."""
     d, h, dh = cfg.d_model, cfg.n_heads, cfg.d_head
     attn = 4 * d * h * dh + 3 * h * dh + d  # W_Q, W_K, W_V, W_O and their biases
-    norms = 2 * d if cfg.normalization == "LN" else 0
+    norms = 2 * d if cfg.normalization == "LN" else 0  # LNPre has no weights
     mlp = 0 if cfg.attn_only else 2 * d * cfg.d_mlp + cfg.d_mlp + d
     per_layer = attn + mlp + norms * (1 if cfg.attn_only else 2)
-    return cfg.d_vocab * d + cfg.n_ctx * d + cfg.n_layers * per_layer + norms + d * cfg.d_vocab + cfg.d_vocab
+    unembed = (0 if cfg.tie_unembed else d * cfg.d_vocab) + cfg.d_vocab
+    return cfg.d_vocab * d + cfg.n_ctx * d + cfg.n_layers * per_layer + norms + unembed
 
 
 def estimate(cfg: TransformerConfig, batch: int = 1, training: bool = False, pos: int | None = None) -> MemoryEstimate:

@@ -89,6 +89,10 @@ class Tokenizer:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Tokenizer:
+        if data.get("kind") == "bpe":  # a text run's byte-level BPE (blocks.tasks.bpe)
+            from blocks.tasks.bpe import BPETokenizer
+
+            return BPETokenizer.from_dict(data)
         return cls(data["vocab"], data.get("separator", ""))
 
     def __eq__(self, other: object) -> bool:

@@ -105,8 +105,10 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
                 a.pop(key, None), b.pop(key, None)
         if section == "tokenizer":
             if a != b:
+                kinds = (a.get("kind", "listed"), b.get("kind", "listed"))
                 out.append(
-                    f"tokenizer: the run's has {len(a.get('vocab', []))} tokens, this one {len(b.get('vocab', []))}"
+                    f"tokenizer: the run's has {_n_tokens(a)} tokens, this one {_n_tokens(b)}"
+                    + (f" (the run's is {kinds[0]}, this one {kinds[1]})" if "bpe" in kinds else "")
                 )
             continue
         if section == "task":  # compare the task's options one by one, so the message names the option
@@ -116,6 +118,10 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             if a.get(key) != b.get(key):
                 out.append(f"{section}.{key}: run has {a.get(key)!r}, now {b.get(key)!r}")
     return out
+
+
+def _n_tokens(tokenizer: dict[str, Any]) -> int:
+    return Tokenizer.from_dict(tokenizer).d_vocab if tokenizer else 0
 
 
 def check_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool) -> bool:

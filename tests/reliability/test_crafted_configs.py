@@ -32,6 +32,7 @@ def machine_independent_limit(monkeypatch):
         TransformerConfig(n_layers=3, d_model=24, n_heads=3, d_vocab=11, n_ctx=9),
         TransformerConfig(n_layers=1, d_model=16, n_heads=2, attn_only=True, normalization=None),
         TransformerConfig(d_model=32, n_heads=4, d_head=5, d_mlp=7, act_fn="gelu", positional="shortformer"),
+        TransformerConfig(d_model=32, n_heads=4, normalization="LNPre", tie_unembed=True, act_fn="gelu_new"),
     ],
 )
 def test_the_parameter_count_is_the_models(cfg):
