@@ -122,7 +122,7 @@ def _layer_norm_vjp(norm: nn.Module, x: Tensor, grad: Tensor) -> Tensor:
     centred = x - x.mean(-1, keepdim=True)
     scale = (centred.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
     normalized = centred / scale
-    g = grad * norm.weight
+    g = grad if norm.weight is None else grad * norm.weight  # LNPre (folded LayerNorm) has no weight
     return (g - g.mean(-1, keepdim=True) - normalized * (g * normalized).mean(-1, keepdim=True)) / scale
 
 

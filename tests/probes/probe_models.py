@@ -102,6 +102,7 @@ CONFIGS = {
     "attn_only_shortformer": dict(attn_only=True, normalization=None, positional="shortformer"),
     "mlp_no_ln": dict(normalization=None),
     "attn_only_ln_shortformer": dict(attn_only=True, positional="shortformer"),  # the default induction shape
+    "lnpre_gelu_new_tied": dict(normalization="LNPre", act_fn="gelu_new", tie_unembed=True),  # GPT-2 as imported
 }
 
 
