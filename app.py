@@ -5,6 +5,8 @@ views/common.py (which also documents the session-state keys), and every number 
 comes from the probes library or from the run's own files.
 """
 
+import logging
+
 import streamlit as st
 
 from blocks.fast import keep_freed_memory
@@ -43,4 +45,6 @@ except Exception as err:  # noqa: BLE001 - st.stop and reruns are BaseExceptions
     line = describe(err)
     if line is None:
         raise
+    # a ValueError may also be a bug in a page: the server's log keeps its traceback, the page one line
+    logging.getLogger("sandbox.app").warning("shown to the user as one line: %s", line, exc_info=err)
     st.error(line)

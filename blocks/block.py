@@ -8,8 +8,10 @@ from scratchnn import MLP, Attention, HookPoint, LayerNorm
 
 
 def normalization(cfg: TransformerConfig) -> nn.Module:
-    """The config's normalisation: a LayerNorm, or nothing (an identity) for models without one."""
-    return LayerNorm(cfg.d_model) if cfg.normalization == "LN" else nn.Identity()
+    """The config's normalisation: a LayerNorm, one without weights (LNPre), or nothing (an identity)."""
+    if cfg.normalization is None:
+        return nn.Identity()
+    return LayerNorm(cfg.d_model, elementwise_affine=cfg.normalization == "LN")
 
 
 class TransformerBlock(nn.Module):

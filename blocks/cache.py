@@ -109,6 +109,59 @@ class ActivationCache(Mapping[str, Tensor]):
                 labels.append(f"L{i}H{h}")
         return ComponentStack(torch.stack(values), labels)
 
+    def stack_neuron_results(self, layer: int | None = None) -> ComponentStack:
+        """Each MLP neuron's write to the residual stream (hook_post[n] * W_out[n]), for every neuron of the blocks before `layer`.
+
+        Holds n_layers x d_mlp x batch x pos x d_model floats. The MLP biases b_out are in no neuron's write.
+        """
+        if self.cfg.attn_only:
+            raise ValueError("stack_neuron_results: this model is attention-only; it has no neurons")
+        upto = self._layer(layer)
+        values, labels = [], []
+        for i in range(upto):
+            post = self[f"blocks.{i}.mlp.hook_post"]  # batch pos d_mlp
+            W_out = self.model.blocks[i].mlp.W_out.detach().to(post.device)  # d_mlp d_model
+            values.append(torch.einsum("bpn,nd->nbpd", post, W_out))
+            labels += [f"L{i}N{n}" for n in range(self.cfg.d_mlp)]
+        if not values:
+            return ComponentStack(torch.empty(0, *self["hook_embed"].shape), [])
+        return ComponentStack(torch.cat(values), labels)
+
+    def full_resid_decomposition(self, layer: int | None = None, expand_neurons: bool = False) -> ComponentStack:
+        """Parts that sum to the residual stream before `layer` (the final stream by default), to float precision.
+
+        The embeddings (positions only where they join the stream), every head's result, each
+        layer's attention bias b_O, then each MLP's output without its bias (or, with
+        `expand_neurons`, every neuron's write) and its bias b_out. Needs hook_result (and
+        hook_post) in the cache.
+        """
+        upto = self._layer(layer)
+        embed = self["hook_embed"]
+        values, labels = [embed], ["embed"]
+        if self.cfg.positional == "learned":
+            values.append(self["hook_pos_embed"])
+            labels.append("pos_embed")
+        for i in range(upto):
+            block = self.model.blocks[i]
+            values += list(self[f"blocks.{i}.attn.hook_result"].unbind(-2))  # batch pos d_model each
+            labels += [f"L{i}H{h}" for h in range(self.cfg.n_heads)]
+            values.append(block.attn.b_O.detach().to(embed.device).expand_as(embed))
+            labels.append(f"L{i}.b_O")
+            if self.cfg.attn_only:
+                continue
+            b_out = block.mlp.b_out.detach().to(embed.device)
+            if expand_neurons:
+                post = self[f"blocks.{i}.mlp.hook_post"]
+                W_out = block.mlp.W_out.detach().to(post.device)
+                values += list(torch.einsum("bpn,nd->nbpd", post, W_out))
+                labels += [f"L{i}N{n}" for n in range(self.cfg.d_mlp)]
+            else:
+                values.append(self[f"blocks.{i}.hook_mlp_out"] - b_out)
+                labels.append(f"L{i}.mlp")
+            values.append(b_out.expand_as(embed))
+            labels.append(f"L{i}.b_out")
+        return ComponentStack(torch.stack(values), labels)
+
     def apply_ln_to_stack(
         self, stack: ComponentStack | Float[Tensor, "component batch pos d_model"], layer: int | None = None
     ) -> Float[Tensor, "component batch pos d_model"]:

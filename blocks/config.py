@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-ActFn = Literal["relu", "gelu"]
-Normalization = Literal["LN"] | None
+ActFn = Literal["relu", "gelu", "gelu_new"]
+Normalization = Literal["LN", "LNPre"] | None
 Positional = Literal["learned", "shortformer"]
 MAX_SIZE = 2**40
 
@@ -19,6 +19,10 @@ class TransformerConfig:
 
     `d_head` defaults to d_model // n_heads, `d_mlp` to 4 * d_model (None for attention-only
     models, which have no MLP), `init_range` to 0.8 / sqrt(d_model) (TransformerLens's default).
+
+    `act_fn="gelu_new"` is GPT-2's tanh approximation of GELU. `normalization="LNPre"` normalises
+    without a weight or bias (what is left after folding them into the next layer). `tie_unembed`
+    makes the unembedding's weight the embedding's own tensor (GPT-2 and nanoGPT share them).
     """
 
     n_layers: int = 2
@@ -33,6 +37,7 @@ class TransformerConfig:
     attn_only: bool = False
     positional: Positional = "learned"
     init_range: float | None = None
+    tie_unembed: bool = False
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "d_model", "n_heads", "d_vocab", "n_ctx"):
@@ -44,8 +49,9 @@ class TransformerConfig:
                     "pick sizes that divide or set d_head explicitly"
                 )
             object.__setattr__(self, "d_head", self.d_model // self.n_heads)
-        if not isinstance(self.attn_only, bool):
-            raise ValueError(f"TransformerConfig.attn_only must be True or False, got {self.attn_only!r}")
+        for name in ("attn_only", "tie_unembed"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"TransformerConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.attn_only and self.d_mlp is not None:
             raise ValueError(
                 f"d_mlp={self.d_mlp!r} contradicts attn_only=True: an attention-only model has no MLP. "
@@ -60,7 +66,7 @@ class TransformerConfig:
         if not (isinstance(self.init_range, (int, float)) and self.init_range > 0):
             raise ValueError(f"TransformerConfig.init_range must be a positive number, got {self.init_range!r}")
         _check_choice("act_fn", self.act_fn, get_args(ActFn))
-        _check_choice("normalization", self.normalization, ("LN", None))
+        _check_choice("normalization", self.normalization, ("LN", "LNPre", None))
         _check_choice("positional", self.positional, get_args(Positional))
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,5 +1,9 @@
 """Weights and configs to and from TransformerLens's HookedTransformer format, and from our own earlier layout.
 
+This module is also the one place to import interop from: Hugging Face GPT-2 (blocks.interop_hf),
+nanoGPT checkpoints (blocks.interop_nanogpt) and the weight rewrites `fold_layer_norm` and
+`center_unembed` (blocks.interop_fold) are re-exported here.
+
 The community's toy models (attention-only and GELU models of 1 to 4 layers) are published
 in that format, so a person can load one here and compare caches name by name. Only the
 configurations this sandbox builds are accepted; anything else raises naming the field.
@@ -19,6 +23,17 @@ import torch
 from torch import Tensor
 
 from blocks.config import TransformerConfig
+from blocks.interop_fold import center_unembed, fold_layer_norm
+from blocks.interop_hf import (
+    from_hugging_face,
+    from_hugging_face_config,
+    load_gpt2,
+    save_hugging_face,
+    to_hugging_face,
+    to_hugging_face_config,
+    to_hugging_face_state_dict,
+)
+from blocks.interop_nanogpt import load_nanogpt, read_checkpoint
 from blocks.transformer import Transformer
 from blocks.weights import check_state_dict, check_tensors, load_tensors
 from scratchnn import LayerNorm
@@ -51,9 +66,9 @@ _UNSUPPORTED_UNLESS: dict[str, Any] = {
     "relative_attention_max_distance": None,
     "eps": 1e-5,
 }
-_NORMALIZATION = {"LN": "LN", None: None}
+_NORMALIZATION = {"LN": "LN", "LNPre": "LNPre", None: None}
 _POSITIONAL = {"standard": "learned", "shortformer": "shortformer"}
-_ACT_FN = ("relu", "gelu")
+_ACT_FN = ("relu", "gelu", "gelu_new")
 
 # The published toy models: short name -> Hugging Face repository (TransformerLens's own aliases).
 TOY_MODELS: dict[str, str] = {
@@ -80,7 +95,7 @@ def transformer_lens_views(model: Transformer) -> dict[str, Tensor]:
             norms.append((f"{prefix}ln2", block.ln2))
     norms.append(("ln_final", model.ln_final))
     for name, norm in norms:
-        if isinstance(norm, LayerNorm):
+        if isinstance(norm, LayerNorm) and norm.elementwise_affine:  # LNPre has no weights
             views.update({f"{name}.w": norm.weight, f"{name}.b": norm.bias})
     views.update({"unembed.W_U": model.W_U, "unembed.b_U": model.b_U})
     return views
@@ -185,7 +200,7 @@ def _earlier_to_tl(key: str) -> str:
 def from_transformer_lens_config(tl_cfg: dict[str, Any]) -> TransformerConfig:
     """Map a HookedTransformerConfig (as a dict, e.g. `cfg.to_dict()` or a hub config.json) to ours.
 
-    Raises naming the first field whose value we do not support (LNPre, rotary, gelu_new, ...).
+    Raises naming the first field whose value we do not support (RMS, rotary, parallel attention, ...).
     """
     if not isinstance(tl_cfg, dict):
         raise TypeError(f"tl_cfg must be a dict of HookedTransformerConfig fields, got {type(tl_cfg).__name__}")
@@ -266,13 +281,8 @@ def load_transformer_lens_checkpoint(weights: str | Path, config: dict[str, Any]
     weights = Path(weights)
     if weights.suffix == ".safetensors":
         state = load_tensors(weights)
-    else:
-        if not weights.is_file():
-            raise FileNotFoundError(f"no weights file at {weights}")
-        # weights_only: a checkpoint is data, never code to unpickle
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict):
-            raise ValueError(f"{weights} holds a {type(state).__name__}, not a state dict")
+    else:  # weights_only: a checkpoint is data, never code to unpickle; one that needs code is refused, saying so
+        state = read_checkpoint(weights)
     return from_transformer_lens(state, from_transformer_lens_config(config))
 
 
@@ -307,3 +317,29 @@ def load_toy_model(name: str, cache_dir: str | Path | None = None, local_files_o
                 "and call blocks.interop.load_transformer_lens_checkpoint(weights_path, config_path)"
             ) from err
     return load_transformer_lens_checkpoint(files["model_final.pth"], files["config.json"])
+
+
+__all__ = [
+    "TOY_MODELS",
+    "center_unembed",
+    "checked_state_dict",
+    "fold_layer_norm",
+    "from_hugging_face",
+    "from_hugging_face_config",
+    "from_transformer_lens",
+    "from_transformer_lens_config",
+    "load_gpt2",
+    "load_into_views",
+    "load_nanogpt",
+    "load_state_dict",
+    "load_toy_model",
+    "load_transformer_lens_checkpoint",
+    "read_checkpoint",
+    "save_hugging_face",
+    "to_hugging_face",
+    "to_hugging_face_config",
+    "to_hugging_face_state_dict",
+    "to_transformer_lens",
+    "transformer_lens_views",
+    "upgrade_state_dict",
+]

@@ -23,11 +23,12 @@ class Transformer(HookedModule):
     The weights interpretability reads have their usual names: `W_E` [d_vocab, d_model],
     `W_pos` [n_ctx, d_model], `W_U` [d_model, d_vocab] and `b_U` (the unembedding is a Linear,
     weight [d_vocab, d_model]; `W_U` is its transposed view, so that x @ W_U reads left to right).
+    With `cfg.tie_unembed` the unembedding's weight is the embedding's (writing W_U writes W_E).
     """
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
-        check_fits(cfg)  # before allocating: a crafted config must not take the machine's memory
+        check_fits(cfg, batch=0)  # before allocating: a crafted config must not take the machine's memory
         self.cfg = cfg
         self.embed = Embedding(cfg.d_vocab, cfg.d_model, init_std=cfg.init_range)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
@@ -36,6 +37,8 @@ class Transformer(HookedModule):
         self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.ln_final = normalization(cfg)
         self.unembed = Linear(cfg.d_model, cfg.d_vocab, init_std=cfg.init_range)
+        if cfg.tie_unembed:  # one tensor read both ways: W_E's rows are W_U's columns (GPT-2, nanoGPT)
+            self.unembed.weight = self.embed.weight
         self.setup_hooks()
 
     @property
@@ -120,7 +123,11 @@ class Transformer(HookedModule):
         top_k: int | None = None,
         generator: torch.Generator | None = None,
     ) -> Int[Tensor, "batch new_pos"]:
-        """Append `max_new_tokens` sampled tokens (greedy when temperature is 0), keeping the last n_ctx as context."""
+        """Append `max_new_tokens` sampled tokens (greedy when temperature is 0), keeping the last n_ctx as context.
+
+        Every step is a plain forward, so the hooks of an enclosing `with model.hooks(...)` (an
+        ablation, a steering vector) act on each of them.
+        """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if top_k is not None and not 1 <= top_k <= self.cfg.d_vocab:

@@ -19,7 +19,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-CHECKSUM = "sha256"  # the metadata key of a safetensors file's checksum
+# the metadata key of a safetensors file's checksum, namespaced so that another tool's "sha256" (over
+# other bytes) is never taken for ours
+CHECKSUM = "scratchnn.sha256"
 TEMP_SUFFIX = ".tmp"  # atomic writes go through ".<name>.<random>.tmp" beside the target
 MAX_JSON_BYTES = 256 * 2**20  # far above any config or trainer state; a bigger one is not one of ours
 
@@ -66,7 +68,8 @@ def save_tensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str
 def load_tensors(path: Path, device: torch.device | str = "cpu") -> dict[str, Tensor]:
     """Load a safetensors file, naming the file when it is missing, corrupt or fails its checksum.
 
-    Files written before checksums were stored (no "sha256" in their metadata) load unchecked.
+    Files without our checksum in their metadata (written before checksums were stored, or by another
+    tool) load unchecked.
     """
     path = Path(path)
     if not path.is_file():

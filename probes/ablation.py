@@ -10,10 +10,11 @@ Each factory returns an `Ablation` (a hook name and a hook function) to pass to
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -26,11 +27,16 @@ METHODS = ("zero", "mean", "resample")
 
 @dataclass(frozen=True)
 class Ablation:
-    """A hook that overwrites part of one activation: pass it to `run_ablated` or `model.hooks`."""
+    """A hook that overwrites part of one activation: pass it to `run_ablated` or `model.hooks`.
+
+    `drawn_rows`: for resample ablation, the reference rows each forward drew (one tensor of
+    [batch] row indices per call, in order), so a result can be traced to the rows behind it.
+    """
 
     name: str
     fn: HookFn
     description: str
+    drawn_rows: list[Tensor] = field(default_factory=list, compare=False)
 
     def pair(self) -> tuple[str, HookFn]:
         return (self.name, self.fn)
@@ -64,7 +70,12 @@ def _reference(model: Transformer, name: str, tokens: Tensor | None, method: str
     return cache[name]
 
 
-def _ablation_fn(method: str, ref: Tensor | None, mask: Tensor, seed: int) -> HookFn:
+def _ablation(name: str, method: str, ref: Tensor | None, mask: Tensor, seed: int, description: str) -> Ablation:
+    drawn: list[Tensor] = []
+    return Ablation(name, _ablation_fn(method, ref, mask, seed, drawn), description, drawn)
+
+
+def _ablation_fn(method: str, ref: Tensor | None, mask: Tensor, seed: int, drawn: list[Tensor]) -> HookFn:
     """A hook that replaces act where `mask` (broadcast over act without its batch axis) is True."""
     mean = None if ref is None else ref.mean(0)
 
@@ -85,8 +96,9 @@ def _ablation_fn(method: str, ref: Tensor | None, mask: Tensor, seed: int) -> Ho
             replacement = mean[:pos].expand_as(act)
         else:
             gen = torch.Generator().manual_seed(seed)
-            rows = torch.randint(0, ref.shape[0], (act.shape[0],), generator=gen).to(ref.device)
-            replacement = ref[rows, :pos]
+            rows = torch.randint(0, ref.shape[0], (act.shape[0],), generator=gen)
+            drawn.append(rows)
+            replacement = ref[rows.to(ref.device), :pos]
         return torch.where(m, replacement, act)
 
     return fn
@@ -114,7 +126,7 @@ def head_ablation(
         mask = torch.zeros(model.cfg.n_ctx, model.cfg.n_heads, 1, dtype=torch.bool)
         mask[torch.tensor(positions)[:, None], torch.tensor(heads)[None, :]] = True
     where = "" if positions is None else f" at positions {positions}"
-    return Ablation(name, _ablation_fn(method, ref, mask, seed), f"{method} L{layer} heads {heads}{where}")
+    return _ablation(name, method, ref, mask, seed, f"{method} L{layer} heads {heads}{where}")
 
 
 def neuron_ablation(
@@ -134,7 +146,7 @@ def neuron_ablation(
     ref = _reference(model, name, reference_tokens, method)
     mask = torch.zeros(1, model.cfg.d_mlp, dtype=torch.bool)
     mask[0, neurons] = True
-    return Ablation(name, _ablation_fn(method, ref, mask, seed), f"{method} L{layer} neurons {neurons}")
+    return _ablation(name, method, ref, mask, seed, f"{method} L{layer} neurons {neurons}")
 
 
 def layer_ablation(
@@ -154,7 +166,7 @@ def layer_ablation(
     name = f"blocks.{layer}.hook_{part}_out"
     ref = _reference(model, name, reference_tokens, method)
     mask = torch.ones(1, 1, dtype=torch.bool)
-    return Ablation(name, _ablation_fn(method, ref, mask, seed), f"{method} L{layer} {part}")
+    return _ablation(name, method, ref, mask, seed, f"{method} L{layer} {part}")
 
 
 @torch.no_grad()
@@ -167,3 +179,24 @@ def run_ablated(
             raise TypeError(f"ablations must be Ablation objects (from head_ablation, ...), got {type(a).__name__}")
     with model.hooks(fwd=[a.pair() for a in ablations]):
         return model(tokens)
+
+
+@dataclass(frozen=True)
+class AblatedRun:
+    """Logits under ablation and each position's next-token loss (`loss[b, p]` predicts tokens[b, p + 1])."""
+
+    logits: Float[Tensor, "batch pos d_vocab"]
+    loss: Float[Tensor, "batch next_pos"]
+
+
+@torch.no_grad()
+def run_ablated_with_loss(
+    model: Transformer, tokens: Int[Tensor, "batch pos"], ablations: Sequence[Ablation]
+) -> AblatedRun:
+    """`run_ablated`'s logits and the next-token cross-entropy at every position but the last (mean it for one number)."""
+    if tokens.shape[-1] < 2:
+        raise ValueError(f"a next-token loss needs at least 2 positions, got tokens of shape {tuple(tokens.shape)}")
+    logits = run_ablated(model, tokens, ablations)
+    targets = tokens[:, 1:].to(logits.device)
+    loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")
+    return AblatedRun(logits, loss)

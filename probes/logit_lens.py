@@ -42,6 +42,34 @@ class LogitLens:
     target_probs: Float[Tensor, "stream pos"] | None
 
 
+@dataclass(frozen=True)
+class LensLogits:
+    """The full logits read off the residual stream before each block and at the end, for a batch of prompts.
+
+    `labels[i]` names stream i ("0_pre", ..., "final_post"); the last stream's logits are the model's.
+    """
+
+    labels: list[str]
+    logits: Float[Tensor, "stream batch pos d_vocab"]
+
+    def top_k(self, k: int) -> tuple[Int[Tensor, "stream batch pos k"], Float[Tensor, "stream batch pos k"]]:
+        """The k most likely tokens per stream, prompt and position, and their probabilities."""
+        top = self.logits.softmax(-1).topk(k, dim=-1)
+        return top.indices, top.values
+
+
+@torch.no_grad()
+def logit_lens_logits(model: Transformer, tokens: Int[Tensor, "batch pos"]) -> LensLogits:
+    """Unembed the accumulated residual stream (through the final LayerNorm) at every layer, prompt and position.
+
+    Holds stream x batch x pos x d_vocab floats: for a large vocabulary, give a few prompts at a time.
+    """
+    model.check_tokens(tokens)
+    _, cache = model.run_with_cache(tokens.to(model.W_E.device), names=lambda n: "resid" in n)
+    stack = cache.accumulated_resid()
+    return LensLogits(stack.labels, model.unembed(model.ln_final(stack.values)))
+
+
 @torch.no_grad()
 def logit_lens(model: Transformer, tokens: Int[Tensor, "*one pos"], k: int = 5, target: int | None = None) -> LogitLens:
     """Unembed the accumulated residual stream (through the final LayerNorm) at every layer and position."""
@@ -50,14 +78,13 @@ def logit_lens(model: Transformer, tokens: Int[Tensor, "*one pos"], k: int = 5, 
         raise ValueError(f"k must lie in [1, {model.cfg.d_vocab}], got {k}")
     if target is not None and not 0 <= target < model.cfg.d_vocab:
         raise ValueError(f"target token {target} is outside the vocabulary [0, {model.cfg.d_vocab})")
-    _, cache = model.run_with_cache(tokens, names=lambda n: "resid" in n)
-    stack = cache.accumulated_resid()
-    logits = model.unembed(model.ln_final(stack.values[:, 0]))  # stream pos d_vocab
+    lens = logit_lens_logits(model, tokens)
+    logits = lens.logits[:, 0]  # stream pos d_vocab
     probs = logits.softmax(-1)
     top = probs.topk(k, dim=-1)
     target_probs = probs[..., target] if target is not None else None
     return LogitLens(
-        stack.labels, top.indices.cpu(), top.values.cpu(), None if target_probs is None else target_probs.cpu()
+        lens.labels, top.indices.cpu(), top.values.cpu(), None if target_probs is None else target_probs.cpu()
     )
 
 
@@ -154,12 +181,99 @@ def direct_logit_attribution(
         stack = (stack - stack.mean(-1, keepdim=True)) / scale * model.ln_final.weight
         values = torch.cat([stack @ direction, (model.ln_final.bias @ direction)[None]])
         labels.append("ln_final.b")
+    elif model.cfg.normalization == "LNPre":  # the same linear map without a weight or bias
+        scale = cache["ln_final.hook_scale"][0, p]
+        values = (stack - stack.mean(-1, keepdim=True)) / scale @ direction
     else:
         values = stack @ direction
     values = torch.cat([values, bias_U.reshape(1)])
     labels.append("b_U")
     total = logits[0, p, target] - (logits[0, p, distractor] if distractor is not None else 0.0)
     return LogitAttribution(labels, values.cpu(), float(total))
+
+
+@dataclass(frozen=True)
+class BatchLogitAttribution:
+    """Each component's direct contribution to logit[target] (minus logit[distractor]) at chosen positions of a batch.
+
+    `values` [component, batch, n] sum over components to `totals` [batch, n], the model's own
+    logits (differences), up to float error.
+    """
+
+    labels: list[str]
+    values: Float[Tensor, "component batch n"]
+    totals: Float[Tensor, "batch n"]
+
+
+@torch.no_grad()
+def batch_logit_attribution(
+    model: Transformer,
+    tokens: Int[Tensor, "batch pos"],
+    positions: Int[Tensor, "batch n"],
+    targets: Int[Tensor, "batch n"],
+    distractors: Int[Tensor, "batch n"] | None = None,
+) -> BatchLogitAttribution:
+    """Direct logit attribution for a batch, at any positions of each prompt, with each layer's biases apart.
+
+    Components: embed, pos_embed (learned positions only), every head (L{l}H{h}), every MLP
+    (L{l}.mlp, without its bias), each layer's attention bias (L{l}.b_O) and MLP bias (L{l}.b_out),
+    the final LayerNorm's bias and b_U. As in `direct_logit_attribution`, each part goes through
+    the final LayerNorm with the full stream's scale frozen, so the parts sum to the logit.
+    """
+    model.check_tokens(tokens)
+    n_pos, vocab = tokens.shape[1], model.cfg.d_vocab
+    for name, t, bound in (
+        ("positions", positions, n_pos),
+        ("targets", targets, vocab),
+        ("distractors", distractors, vocab),
+    ):
+        if t is None:
+            continue
+        if t.shape != positions.shape or t.shape[0] != tokens.shape[0]:
+            raise ValueError(
+                f"{name} has shape {tuple(t.shape)}; positions, targets and distractors must all be [batch={tokens.shape[0]}, n]"
+            )
+        if int(t.min()) < 0 or int(t.max()) >= bound:
+            raise ValueError(f"{name} must lie in [0, {bound}), got values from {int(t.min())} to {int(t.max())}")
+    device = model.W_E.device
+    tokens, positions, targets = tokens.to(device), positions.to(device), targets.to(device)
+    logits, cache = model.run_with_cache(tokens, names=lambda n: not n.endswith(("hook_pattern", "hook_attn_scores")))
+    rows = torch.arange(tokens.shape[0], device=device)[:, None]  # batch 1, beside positions' batch n
+    pick = lambda act: act[rows, positions]  # batch pos ... -> batch n ...
+    direction = model.W_U.T[targets]  # batch n d_model
+    total = logits[rows, positions].gather(-1, targets[..., None])[..., 0]
+    bias_U = model.b_U[targets]
+    if distractors is not None:
+        distractors = distractors.to(device)
+        direction = direction - model.W_U.T[distractors]
+        total = total - logits[rows, positions].gather(-1, distractors[..., None])[..., 0]
+        bias_U = bias_U - model.b_U[distractors]
+
+    parts, labels = [pick(cache["hook_embed"])], ["embed"]
+    if model.cfg.positional == "learned":
+        parts.append(pick(cache["hook_pos_embed"]))
+        labels.append("pos_embed")
+    for layer, block in enumerate(model.blocks):
+        result = pick(cache[f"blocks.{layer}.attn.hook_result"])  # batch n n_heads d_model
+        parts += list(result.unbind(-2))
+        labels += [f"L{layer}H{h}" for h in range(model.cfg.n_heads)]
+        parts.append(block.attn.b_O.expand_as(parts[0]))
+        labels.append(f"L{layer}.b_O")
+        if not model.cfg.attn_only:
+            parts.append(pick(cache[f"blocks.{layer}.mlp.hook_post"]) @ block.mlp.W_out)
+            parts.append(block.mlp.b_out.expand_as(parts[0]))
+            labels += [f"L{layer}.mlp", f"L{layer}.b_out"]
+    stack = torch.stack(parts)  # component batch n d_model
+    extra = []
+    if model.cfg.normalization is not None:
+        stack = (stack - stack.mean(-1, keepdim=True)) / pick(cache["ln_final.hook_scale"])
+        if model.cfg.normalization == "LN":
+            stack = stack * model.ln_final.weight
+            extra.append((model.ln_final.bias * direction).sum(-1))
+            labels.append("ln_final.b")
+    values = torch.cat([(stack * direction).sum(-1), torch.stack([*extra, bias_U])])
+    labels.append("b_U")
+    return BatchLogitAttribution(labels, values.cpu(), total.cpu())
 
 
 def logit_attribution_figure(attribution: LogitAttribution, title: str = "direct logit attribution") -> go.Figure:

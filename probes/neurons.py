@@ -99,12 +99,14 @@ def neuron_logit_effects(
     """
     _check_neuron(model, layer)
     direction = model.blocks[layer].mlp.W_out  # d_mlp d_model
-    if model.cfg.normalization == "LN":
+    if model.cfg.normalization is not None:
         scale = torch.tensor(1.0)
         if tokens is not None:
             _, cache = model.run_with_cache(tokens.to(direction.device), names="ln_final.hook_scale")
             scale = cache["ln_final.hook_scale"].mean()
-        direction = (direction - direction.mean(-1, keepdim=True)) / scale * model.ln_final.weight
+        direction = (direction - direction.mean(-1, keepdim=True)) / scale
+        if model.cfg.normalization == "LN":
+            direction = direction * model.ln_final.weight
     return (direction @ model.W_U).cpu()
 
 

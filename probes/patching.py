@@ -23,6 +23,7 @@ from scratchnn import HookPoint
 Metric = Callable[[Tensor], Tensor]
 LayerPosKind = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
 LAYER_POS_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+HEAD_ACTIVATIONS = ("z", "q", "k", "v")
 
 
 @dataclass(frozen=True)
@@ -190,16 +191,19 @@ def patch_heads_by_pos(
     corrupted: Int[Tensor, "batch_c pos_c"],  # checked against clean with a clear error
     metric: Metric,
     max_copies: int = 1024,
+    activation: str = "z",  # one of HEAD_ACTIVATIONS
 ) -> PatchingResult:
-    """Patch each head's output (`hook_z`) at one position per cell: values [layer, head, pos]."""
+    """Patch one head's `activation` (its output z, or its queries, keys or values) at one position per cell: [layer, head, pos]."""
+    if activation not in HEAD_ACTIVATIONS:
+        raise ValueError(f"unknown head activation {activation!r}; use one of {list(HEAD_ACTIVATIONS)}")
     L, H, pos = model.cfg.n_layers, model.cfg.n_heads, clean.shape[1]
     cells = []
     for layer in range(L):
-        cells += [
-            _Cell(f"blocks.{layer}.attn.hook_z", _one_hot((pos, H, 1), (p, h))) for h in range(H) for p in range(pos)
-        ]
+        name = f"blocks.{layer}.attn.hook_{activation}"
+        cells += [_Cell(name, _one_hot((pos, H, 1), (p, h))) for h in range(H) for p in range(pos)]
     values, c, k = _sweep(model, clean, corrupted, metric, cells, max_copies)
-    return PatchingResult(values.view(L, H, pos), ("layer", "head", "pos"), c, k, "patching head outputs by position")
+    what = {"z": "head outputs", "q": "queries", "k": "keys", "v": "values"}[activation]
+    return PatchingResult(values.view(L, H, pos), ("layer", "head", "pos"), c, k, f"patching {what} by position")
 
 
 def patch_head_patterns(
@@ -208,13 +212,23 @@ def patch_head_patterns(
     corrupted: Int[Tensor, "batch_c pos_c"],  # checked against clean with a clear error
     metric: Metric,
     max_copies: int = 1024,
+    by_dest_pos: bool = False,
 ) -> PatchingResult:
-    """Patch each head's whole attention pattern (`hook_pattern`): one cell per (layer, head)."""
-    L, H = model.cfg.n_layers, model.cfg.n_heads
+    """Patch each head's attention pattern (`hook_pattern`): whole, one cell per (layer, head), or with
+    `by_dest_pos` one destination (query) row per cell: values [layer, head, dest_pos]."""
+    L, H, pos = model.cfg.n_layers, model.cfg.n_heads, clean.shape[1]
     cells = []
     for layer in range(L):
-        cells += [_Cell(f"blocks.{layer}.attn.hook_pattern", _one_hot((H, 1, 1), (h,))) for h in range(H)]
+        name = f"blocks.{layer}.attn.hook_pattern"
+        if by_dest_pos:
+            cells += [_Cell(name, _one_hot((H, pos, 1), (h, p))) for h in range(H) for p in range(pos)]
+        else:
+            cells += [_Cell(name, _one_hot((H, 1, 1), (h,))) for h in range(H)]
     values, c, k = _sweep(model, clean, corrupted, metric, cells, max_copies)
+    if by_dest_pos:
+        return PatchingResult(
+            values.view(L, H, pos), ("layer", "head", "dest_pos"), c, k, "patching head patterns by destination"
+        )
     return PatchingResult(values.view(L, H), ("layer", "head"), c, k, "patching head patterns")
 
 

@@ -46,8 +46,10 @@ def ov_circuit(model: Transformer, layer: int, head: int) -> Float[Tensor, "sour
     x = _embedded(model, layer, head)
     attn = model.blocks[layer].attn
     out = (x @ attn.W_V[head] + attn.b_V[head]) @ attn.W_O[head]
-    if model.cfg.normalization == "LN":
-        out = (out - out.mean(-1, keepdim=True)) * model.ln_final.weight
+    if model.cfg.normalization is not None:  # LNPre centres too, without a weight
+        out = out - out.mean(-1, keepdim=True)
+        if model.cfg.normalization == "LN":
+            out = out * model.ln_final.weight
     return (out @ model.W_U).cpu()
 
 

@@ -1,7 +1,7 @@
 """From-scratch neural-network modules, the transformer's parts, and the hook machinery the sandbox is built on."""
 
 from scratchnn import backend, init
-from scratchnn.activations import GELU, Flatten, ReLU
+from scratchnn.activations import GELU, Flatten, NewGELU, ReLU
 from scratchnn.attention import Attention
 from scratchnn.embedding import Embedding
 from scratchnn.hooks import HookedModule, HookFn, HookPoint, StopForward
@@ -21,6 +21,7 @@ __all__ = [
     "LayerNorm",
     "Linear",
     "MNISTClassifier",
+    "NewGELU",
     "ReLU",
     "SimpleMLP",
     "StopForward",

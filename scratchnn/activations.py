@@ -27,6 +27,16 @@ class GELU(nn.Module):
         return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
+class NewGELU(nn.Module):
+    """GPT-2's GELU ("gelu_new"): x * Phi(x) with Phi approximated by 0.5 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))).
+
+    GPT-2 was trained with this approximation, so its weights need it: the exact GELU differs by up to 1e-3.
+    """
+
+    def forward(self, x: Float[Tensor, "*shape"]) -> Float[Tensor, "*shape"]:
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
 class Flatten(nn.Module):
     """Keep the batch dimension and flatten everything after it: [batch, ...] -> [batch, features]."""
 

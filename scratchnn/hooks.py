@@ -10,13 +10,10 @@ other's hooks.
 from __future__ import annotations
 
 import difflib
-import inspect
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from types import FrameType
 
 import torch
 from torch import Tensor, nn
@@ -33,46 +30,25 @@ class _Scope:
     alive: bool = True
     listened_names: frozenset[str] = frozenset()
     outer: _Scope | None = None  # the scope this one nests in (its hooks are copied into this one's)
-    # the generator frame whose `with` opened this scope, when it is a plain generator: its hooks
-    # apply only while that frame runs, not while it is suspended at a yield and its caller runs
-    owner: FrameType | None = None
-
-    def in_force(self) -> bool:
-        return self.alive and (self.owner is None or self.owner.f_back is not None)
 
 
 _ACTIVE: ContextVar[_Scope | None] = ContextVar("scratchnn_active_hooks", default=None)
-_GENERATOR_CODE = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
 
 
 def _current_scope() -> _Scope | None:
-    """The innermost scope in force here: scopes that ended elsewhere, or whose generator is suspended, are skipped.
+    """The innermost scope in force here; scopes that ended in another context are skipped (and dropped).
 
-    Generators share their caller's context, so a scope opened inside one would otherwise stay set
-    for the caller between yields, and one closed from another context could not be reset at all.
+    A generator shares its caller's context. Like torch.no_grad(), a scope opened inside one is in
+    force for the caller while the generator is suspended inside it (a pytest yield fixture relies
+    on exactly that); but when the generator is closed from another context or thread, that
+    context cannot reset this one's variable, so a dead scope is recognised here and never applied.
     """
     scope = _ACTIVE.get()
-    if scope is not None and not scope.alive:  # ended in another context, which could not reset this one's
+    if scope is not None and not scope.alive:
         while scope is not None and not scope.alive:
             scope = scope.outer
         _ACTIVE.set(scope)
-    while scope is not None and not scope.in_force():
-        scope = scope.outer
     return scope
-
-
-def _generator_owner(frame: FrameType | None) -> FrameType | None:
-    """`frame` if it is a plain generator's, not one that contextlib drives as a context manager."""
-    if frame is None or not frame.f_code.co_flags & _GENERATOR_CODE:
-        return None
-    caller = frame.f_back
-    if (
-        caller is not None
-        and caller.f_code.co_name in ("__enter__", "__aenter__")
-        and "contextlib" in caller.f_code.co_filename
-    ):
-        return None  # `@contextmanager def f(): with model.hooks(...): yield`: the hooks are meant for f's caller
-    return frame
 
 
 class HookPoint(nn.Module):
@@ -106,7 +82,10 @@ class HookPoint(nn.Module):
                         f"a hook on {self.name} returned {got}; a replacement must be a tensor of "
                         f"the activation's shape {tuple(x.shape)}"
                     )
-                if out.dtype != x.dtype or out.device != x.device:
+                # under autocast a float32 replacement for a bfloat16 activation is fine (ops cast it); elsewhere
+                # a dtype mix fails later with "mixed dtype" and no hook named, so say it here
+                dtype_clash = out.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type)
+                if dtype_clash or out.device != x.device:
                     name = getattr(fn, "__qualname__", repr(fn))
                     raise ValueError(
                         f"the hook {name} on {self.name} returned a {out.dtype} tensor on {out.device}; the activation "
@@ -203,12 +182,10 @@ class HookedModule(nn.Module):
         (forward) or the gradient (backward). Scopes nest: inner hooks run after outer ones.
         """
         outer = _current_scope()
-        entered_from = sys._getframe(1).f_back  # the frame of the `with` (frame 1 is contextlib's __enter__)
         scope = _Scope(
             fwd={k: list(v) for k, v in outer.fwd.items()} if outer else {},
             bwd={k: list(v) for k, v in outer.bwd.items()} if outer else {},
             outer=outer,
-            owner=_generator_owner(entered_from),
         )
         for table, pairs in ((scope.fwd, fwd), (scope.bwd, bwd)):
             for name_filter, fn in pairs:
@@ -221,7 +198,7 @@ class HookedModule(nn.Module):
         try:
             yield self
         finally:
-            scope.alive, scope.owner = False, None
+            scope.alive = False
             try:
                 _ACTIVE.reset(token)
             except ValueError:  # a generator closed from another context: the dead scope is skipped there

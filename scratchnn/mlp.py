@@ -5,11 +5,11 @@ from typing import Literal
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from scratchnn.activations import GELU, Flatten, ReLU
+from scratchnn.activations import GELU, Flatten, NewGELU, ReLU
 from scratchnn.hooks import HookPoint
 from scratchnn.linear import Linear
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": ReLU, "gelu": GELU}
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": ReLU, "gelu": GELU, "gelu_new": NewGELU}
 
 
 class SimpleMLP(nn.Module):
@@ -65,7 +65,7 @@ class MLP(nn.Module):
     """
 
     def __init__(
-        self, d_model: int, d_mlp: int, act_fn: Literal["relu", "gelu"] = "relu", init_std: float = 0.02
+        self, d_model: int, d_mlp: int, act_fn: Literal["relu", "gelu", "gelu_new"] = "relu", init_std: float = 0.02
     ) -> None:
         super().__init__()
         if act_fn not in ACTIVATIONS:

@@ -7,14 +7,13 @@ import streamlit as st
 from probes.circuit.attribution import edge_attribution
 from probes.circuit.contrast import METRIC_KINDS, Contrast
 from probes.circuit.discovery import Circuit, circuit_from_scores, evaluate_circuit, top_edges
-from probes.circuit.exact import exact_edge_patching, path_patching
+from probes.circuit.exact import EXACT_AUTO_LIMIT, exact_cost, exact_edge_patching, path_patching
 from probes.circuit.figures import circuit_figure, faithfulness_figure
 from probes.circuit.graph import Graph
 from probes.circuit.scores import EdgeScores, rank_agreement
 from views.common import run_only
 
 N_PROMPTS = 64
-EXACT_UP_TO = 3000  # edges: exact patching of all of them stays under a few seconds on a CPU
 
 
 @st.cache_resource(max_entries=16, show_spinner="Scoring every edge...")
@@ -24,7 +23,9 @@ def scored(_run, key: tuple, method: str, metric: str) -> tuple[Contrast, EdgeSc
     if metric != "default":
         contrast = contrast.with_metric(metric)
     model = _run.model.eval()
-    exact = exact_edge_patching(model, contrast) if Graph.of(model.cfg).n_edges <= EXACT_UP_TO else None
+    exact = (
+        exact_edge_patching(model, contrast) if exact_cost(Graph.of(model.cfg), contrast) <= EXACT_AUTO_LIMIT else None
+    )
     scores = exact if method == "exact" and exact is not None else edge_attribution(model, contrast, method)
     return contrast, scores, exact, circuit_from_scores(model, contrast, scores)
 
@@ -35,6 +36,12 @@ def circuit_of(_run, _contrast, _scores, key: tuple, k: int) -> Circuit:
     return evaluate_circuit(
         _run.model, _contrast, top_edges(_scores, k), method=_scores.method, scores=_scores, top_k=k
     )
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def path_patched(_run, _contrast, key: tuple, sender: str, receiver: str):
+    """Path patching of one edge, once per (run, checkpoint, score, metric, edge)."""
+    return path_patching(_run.model, _contrast, [sender], [receiver])
 
 
 st.title("Circuits")
@@ -54,15 +61,19 @@ if run.task.circuit_contrast(1) is None:
     )
     st.stop()
 
+exact_ok = exact_cost(Graph.of(run.model.cfg), run.task.circuit_contrast(N_PROMPTS)) <= EXACT_AUTO_LIMIT
+methods = ("eap-ig", "eap", "exact") if exact_ok else ("eap-ig", "eap")
+if st.session_state.get("circuit_method") not in methods:
+    st.session_state["circuit_method"] = "eap-ig"
 a, b = st.columns(2)
-st.session_state.setdefault("circuit_method", "eap-ig")
 st.session_state.setdefault("circuit_metric", "default")
 method = a.selectbox(
     "Scores",
-    ("eap-ig", "eap", "exact"),
+    methods,
     key="circuit_method",
     help="eap: (corrupted - clean write) x the gradient at the clean run; eap-ig: that gradient averaged over 5 "
-    "runs with token embeddings between corrupted and clean; exact: each edge patched alone.",
+    "runs with token embeddings between corrupted and clean; exact: each edge patched alone (offered when "
+    f"edges x prompts x positions is at most {EXACT_AUTO_LIMIT:,}).",
 )
 metric = b.selectbox(
     "Metric",
@@ -88,6 +99,8 @@ if (
     st.session_state.get("circuit_for") != chosen_for
     or not 1 <= st.session_state.get("circuit_edges", 0) <= graph.n_edges
 ):
+    if st.session_state.get("circuit_for") is not None:  # an edge clicked on another model or score is not this one's
+        st.session_state.pop("circuit_pick", None)
     st.session_state["circuit_for"] = chosen_for  # a new run, checkpoint or score: start at its own circuit
     st.session_state["circuit_edges"] = found.top_k
 k = st.slider(
@@ -116,7 +129,7 @@ if not circuit.has_path:
     st.warning("No path of these edges leads from the embeddings to the logits: the circuit computes nothing itself.")
 
 event = st.plotly_chart(
-    circuit_figure(circuit.edges, scores, exact),
+    circuit_figure(circuit.edges, scores, exact, title=f"Top {k} edges by {method}: {circuit.size} after pruning"),
     key="circuit_chart",
     on_select="rerun",
     selection_mode="points",
@@ -134,7 +147,7 @@ if pick is not None:
     try:
         sender, receiver = (part.strip() for part in pick.split("->"))
         graph.edge(pick)
-        result = path_patching(run.model, contrast, [sender], [receiver])
+        result = path_patched(run, contrast, (*chosen_for, pick), sender, receiver)
         st.subheader(f"Path patching {pick}")
         st.write(
             f"With only this edge carrying the corrupted write, the metric moves from {result.clean:.4f} to "

@@ -25,6 +25,7 @@ Every selection lives in `st.session_state` under these keys, which tests may se
 | `patch_kind` | what one patching cell is: a head, a head at one position, or the residual stream at one position |
 | `circuit_method`, `circuit_metric` | circuit page: "eap-ig"/"eap"/"exact", and "default" or a metric kind |
 | `circuit_edges`, `circuit_pick` | circuit page: edges kept (int), the edge clicked for path patching ("L0H1 -> L1H2.k") |
+| `generate_prompt` | overview of a text run: the text generation starts from |
 | `circuit_for` | (run, step, mtime, method, metric) the edge count belongs to; a change resets it to that circuit's |
 
 Every key but `run` belongs to the run it was chosen on: `_per_run` holds, for each run
@@ -84,6 +85,7 @@ STATE_KEYS = (
     "circuit_edges",
     "circuit_pick",
     "circuit_for",
+    "generate_prompt",
 )
 PER_RUN_KEYS = tuple(k for k in STATE_KEYS if k != "run")
 # what a link carries, and how each value reads back from its text in the query string

@@ -4,6 +4,7 @@ import streamlit as st
 
 from probes.head_scores import head_scores_over_steps_figure
 from views.common import run_only
+from views.generation import generation_box
 from views.history import head_score_entries, metric_curves, metric_curves_figure
 
 st.title("Overview")
@@ -64,6 +65,9 @@ if entries:
     st.plotly_chart(fig, key="overview_heads")
 else:
     st.caption("No head scores were logged for this run (the task's context is too short for [BOS] + r + r).")
+
+if run.config["task"]["name"] == "text":
+    generation_box(run)
 
 with st.expander("Configuration (config.json)"):
     st.json(run.config)

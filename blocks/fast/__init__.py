@@ -30,9 +30,9 @@ from scratchnn import backend
 
 
 def layer_norm(
-    x: Float[Tensor, "*batch d"], weight: Float[Tensor, " d"], bias: Float[Tensor, " d"], eps: float
+    x: Float[Tensor, "*batch d"], weight: Float[Tensor, " d"] | None, bias: Float[Tensor, " d"] | None, eps: float
 ) -> Float[Tensor, "*batch d"]:
-    """scratchnn.LayerNorm's output (biased variance, then weight and bias) in one pass."""
+    """scratchnn.LayerNorm's output (biased variance, then weight and bias, if any: LNPre has none) in one pass."""
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import datasets
@@ -13,6 +14,10 @@ from torch import Tensor
 from blocks.config import TransformerConfig
 from probes.circuit.contrast import Contrast
 from probes.head_scores import head_scores, score_batch
+
+# torch's generators take any 64-bit seed; tasks derive others by adding small numbers, so stay below 2**63.
+# Runs saved before the range was checked used negative seeds too, and must still load.
+SEED_MIN, SEED_MAX = -(2**63), 2**63
 
 
 class UnknownTokenError(ValueError):
@@ -84,6 +89,10 @@ class Tokenizer:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Tokenizer:
+        if data.get("kind") == "bpe":  # a text run's byte-level BPE (blocks.tasks.bpe)
+            from blocks.tasks.bpe import BPETokenizer
+
+            return BPETokenizer.from_dict(data)
         return cls(data["vocab"], data.get("separator", ""))
 
     def __eq__(self, other: object) -> bool:
@@ -99,13 +108,15 @@ class Task(ABC):
     """
 
     name: ClassVar[str]
+    # when set, data files are read only inside this folder (the app sets its runs folder: a run's
+    # config must not make it read, or fetch, anything else)
+    data_root: Path | None = None
     # how a prompt of this task is written, for a person typing one (the app's prompt box shows it)
     prompt_format: ClassVar[str] = "text in the run's vocabulary"
 
     def __init__(self, seed: int = 0) -> None:
-        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
-            # torch's generators take 64-bit seeds, and tasks derive several from this one
-            raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not SEED_MIN <= seed < SEED_MAX:
+            raise ValueError(f"seed must be an int in [-2**63, 2**63) (what torch's generators take), got {seed!r}")
         self.seed = seed
 
     @property

@@ -1,4 +1,4 @@
-"""Character-level language modelling on a local text file or any `datasets` source with a text column."""
+"""Language modelling on a local text file or any `datasets` source with a text column, by character or byte-level BPE."""
 
 from __future__ import annotations
 
@@ -10,14 +10,20 @@ import torch
 
 from blocks.config import TransformerConfig
 from blocks.tasks.base import Task, Tokenizer
+from blocks.tasks.bpe import MIN_VOCAB, BPETokenizer
 from blocks.tasks.common import dataset_tensors, masked_eval, to_dataset
 
 DEFAULT_SOURCE = "../shared/data/tinyshakespeare/input.txt"
+TOKENIZERS = ("char", "bpe")
 _TABLE_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
 class TextTask(Task):
-    """Next-character prediction on chunks of `seq_len` characters; the last `test_frac` of the text tests.
+    """Next-token prediction on chunks of `seq_len` tokens; the last `test_frac` of the text tests.
+
+    `tokenizer="char"`: one token per character. `tokenizer="bpe"`: byte-level BPE with
+    `vocab_size` tokens, trained on the training part of the text, or read from `tokenizer_dir`
+    (a folder with a tokenizers `tokenizer.json`); it is saved with the run (its config.json).
 
     `source`: a text file, a data file (.csv/.json/.jsonl/.parquet) or a folder written by
     `Dataset.save_to_disk` (read column `text_column`), or else a Hugging Face hub name,
@@ -37,8 +43,18 @@ class TextTask(Task):
         split: str = "train",
         test_frac: float = 0.1,
         max_chars: int | None = None,
+        tokenizer: str = "char",
+        vocab_size: int = 2048,
+        tokenizer_dir: str | None = None,
     ) -> None:
         super().__init__(seed)
+        if tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer must be one of {list(TOKENIZERS)}, got {tokenizer!r}")
+        if tokenizer == "bpe" and (isinstance(vocab_size, bool) or vocab_size < MIN_VOCAB):
+            raise ValueError(f"vocab_size must be at least {MIN_VOCAB} for byte-level BPE, got {vocab_size}")
+        if tokenizer_dir is not None and tokenizer != "bpe":
+            raise ValueError("tokenizer_dir gives a BPE tokenizer: pass tokenizer='bpe' with it")
+        self.kind, self.vocab_size, self.tokenizer_dir = tokenizer, vocab_size, tokenizer_dir
         if seq_len < 2:
             raise ValueError(f"seq_len must be at least 2, got {seq_len}")
         if not 0 < test_frac < 1:
@@ -63,11 +79,16 @@ class TextTask(Task):
             "split": self.split,
             "test_frac": self.test_frac,
             "max_chars": self.max_chars,
+            "tokenizer": self.kind,
+            "vocab_size": self.vocab_size,
+            "tokenizer_dir": self.tokenizer_dir,
         }
 
     @property
     def text(self) -> str:
         if self._text is None:
+            if self.data_root is not None:
+                self._check_source_inside(self.data_root)
             text = read_text(self.source, self.text_column, self.split)
             if self.max_chars is not None:
                 text = text[: self.max_chars]
@@ -80,8 +101,26 @@ class TextTask(Task):
             self._text = text
         return self._text
 
+    def _check_source_inside(self, root: Path) -> None:
+        source = Path(self.source)
+        try:
+            inside = source.is_file() and source.resolve().is_relative_to(Path(root).resolve())
+        except (OSError, RuntimeError):  # a link loop, an unreadable folder
+            inside = False
+        if not inside:
+            raise ValueError(
+                f"the run's text source {self.source!r} is not a file inside {root}, and nothing outside it is "
+                "read here; the saved tokenizer still works, but examples and datasets need the text"
+            )
+
     @property
     def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None and self.kind == "bpe":
+            if self.tokenizer_dir is not None:
+                self._tokenizer = BPETokenizer.from_folder(self.tokenizer_dir)
+            else:  # the training part only, so the test text is not seen while choosing merges
+                train = self.text[: int(len(self.text) * (1 - self.test_frac))]
+                self._tokenizer = BPETokenizer.train(train.splitlines(keepends=True), self.vocab_size)
         if self._tokenizer is None:
             chars = sorted(set(self.text))
             if len(chars) < 2:
@@ -96,6 +135,15 @@ class TextTask(Task):
         """Adopt the tokenizer saved with a run (the text need not be on this machine)."""
         if tokenizer.separator != "":
             raise ValueError("a text task's tokenizer is character-level (separator ''); the saved one is not")
+        saved = "bpe" if isinstance(tokenizer, BPETokenizer) else "char"
+        if saved != self.kind:
+            raise ValueError(f"the run's saved tokenizer is {saved!r} but the task's options ask for {self.kind!r}")
+        if self.tokenizer_dir is not None and BPETokenizer.from_folder(self.tokenizer_dir) != tokenizer:
+            raise ValueError(
+                f"the tokenizer in {self.tokenizer_dir} is not the one this run was trained with "
+                f"({BPETokenizer.from_folder(self.tokenizer_dir).d_vocab} tokens there, {tokenizer.d_vocab} in the run); "
+                "open the run without tokenizer_dir, or give the folder it was trained with"
+            )
         self._tokenizer = tokenizer
 
     def _split_text(self, split: str) -> str:
@@ -111,9 +159,9 @@ class TextTask(Task):
         n = (len(ids) - 1) // self._seq_len
         if n < 1:
             raise ValueError(
-                f"the {split} split has {len(ids)} characters, fewer than seq_len={self._seq_len} + 1; lower test_frac or seq_len"
+                f"the {split} split has {len(ids)} tokens, fewer than seq_len={self._seq_len} + 1; lower test_frac or seq_len"
             )
-        # chunks of seq_len + 1 overlapping by one, so every character is predicted once
+        # chunks of seq_len + 1 overlapping by one, so every token is predicted once
         offset = self.seed % max(1, len(ids) - 1 - n * self._seq_len) if split == "train" else 0
         tokens = ids[offset : offset + n * self._seq_len + 1].unfold(0, self._seq_len + 1, self._seq_len)[:, :-1]
         mask = torch.ones_like(tokens)
@@ -140,6 +188,10 @@ class TextTask(Task):
         return {"test_loss": loss, "test_acc": acc}
 
     def default_model_config(self) -> TransformerConfig:
+        if self.kind == "bpe":  # a small GPT-style model: BPE tokens carry more than a character each
+            return TransformerConfig(
+                n_layers=4, d_model=256, n_heads=8, act_fn="gelu", d_vocab=self.tokenizer.d_vocab, n_ctx=self._seq_len
+            )
         return TransformerConfig(
             n_layers=2, d_model=128, n_heads=4, act_fn="gelu", d_vocab=self.tokenizer.d_vocab, n_ctx=self._seq_len
         )

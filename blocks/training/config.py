@@ -7,9 +7,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from blocks.tasks.base import SEED_MAX, SEED_MIN
+
 Schedule = Literal["cosine", "linear", "constant"]
 # torch seeds generators with 64-bit ints, and the trainer derives per-epoch seeds from this one
-MAX_SEED = 2**32
 # AdamW's first step is lr / (1 - beta1): past this it overflows float32 and torch raises mid-step
 MAX_LR = 1e30
 
@@ -62,8 +63,10 @@ class TrainConfig:
             raise ValueError("weight_decay and grad_clip must be >= 0 (0 turns clipping off) and min_lr_frac in [0, 1]")
         if self.schedule not in get_args(Schedule):
             raise ValueError(f"schedule must be one of {list(get_args(Schedule))}, got {self.schedule!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < MAX_SEED:
-            raise ValueError(f"seed must be an int in [0, 2**32), got {self.seed!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not SEED_MIN <= self.seed < SEED_MAX:
+            raise ValueError(
+                f"seed must be an int in [-2**63, 2**63) (what torch's generators take), got {self.seed!r}"
+            )
         if not isinstance(self.bf16, bool):
             raise ValueError(f"bf16 must be true or false, got {self.bf16!r}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,11 @@ from blocks.training.checkpoints import CHECKPOINTS, checkpoint_files, checkpoin
 from blocks.training.config import TrainConfig
 from blocks.transformer import Transformer
 from blocks.weights import atomic_write_bytes, load_tensors, read_json
+from probes.dynamics import Dynamics, cache_key, over_checkpoints
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+ANALYSIS = "analysis"  # cached analyses over checkpoints (probes.dynamics), one folder per analysis
 
 # Trainer settings that change neither the weights so far nor what a step does: a resumed run may
 # change them. `steps` moves the end of the run (and so the lr schedule from here on): a finished run
@@ -102,8 +105,10 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
                 a.pop(key, None), b.pop(key, None)
         if section == "tokenizer":
             if a != b:
+                kinds = (a.get("kind", "listed"), b.get("kind", "listed"))
                 out.append(
-                    f"tokenizer: the run's has {len(a.get('vocab', []))} tokens, this one {len(b.get('vocab', []))}"
+                    f"tokenizer: the run's has {_n_tokens(a)} tokens, this one {_n_tokens(b)}"
+                    + (f" (the run's is {kinds[0]}, this one {kinds[1]})" if "bpe" in kinds else "")
                 )
             continue
         if section == "task":  # compare the task's options one by one, so the message names the option
@@ -113,6 +118,10 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             if a.get(key) != b.get(key):
                 out.append(f"{section}.{key}: run has {a.get(key)!r}, now {b.get(key)!r}")
     return out
+
+
+def _n_tokens(tokenizer: dict[str, Any]) -> int:
+    return Tokenizer.from_dict(tokenizer).d_vocab if tokenizer else 0
 
 
 def check_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool) -> bool:
@@ -222,11 +231,15 @@ def _read_weights(path: Path, step: int, model: Transformer, root: Path) -> dict
     return checked_state_dict(model, load_tensors(confined(weights, root)), source=str(weights))
 
 
-def build_task(config: dict[str, Any]) -> tuple[Task, Tokenizer]:
-    """The run's task, using the tokenizer saved with the run (text tasks need not re-read their data)."""
+def build_task(config: dict[str, Any], data_root: Path | None = None) -> tuple[Task, Tokenizer]:
+    """The run's task, using the tokenizer saved with the run (text tasks need not re-read their data).
+
+    With `data_root`, the task reads data files only inside that folder (the app passes its runs folder).
+    """
     tokenizer = Tokenizer.from_dict(config["tokenizer"])
     task = get_task(config["task"]["name"], **config["task"].get("options", {}))
     task.use_tokenizer(tokenizer)
+    task.data_root = data_root
     return task, tokenizer
 
 
@@ -242,10 +255,11 @@ def load_run(
     the app passes its runs folder, so a run's link to a file elsewhere is refused, naming the link.
     """
     path = Path(path)
+    data_root = None if root is None else Path(root)  # a run opened directly may read its data where it lies
     root = path if root is None else Path(root)
     confined(path, root)
     config = read_config(path, root)
-    task, tokenizer = build_task(config)
+    task, tokenizer = build_task(config, data_root)
     model = Transformer(TransformerConfig.from_dict(config["model"]))
     confined(path / CHECKPOINTS, root)
     steps = list_checkpoints(path)
@@ -279,3 +293,29 @@ def load_run(
         step=step,
         skipped=errors,
     )
+
+
+def run_dynamics(
+    path: str | Path,
+    measure: Callable[[Transformer], Mapping[str, float]],
+    name: str,
+    arguments: Mapping[str, Any],
+    device: torch.device | str = "cpu",
+) -> Dynamics:
+    """`measure` at every readable checkpoint of the run, cached in `path/analysis/<name>-<hash of arguments>/`.
+
+    A step is computed again when its weights file changes (size or modification time).
+    """
+    path = Path(path)
+    steps = [step for step, err in checkpoint_status(path) if err is None]
+    if not steps:
+        raise FileNotFoundError(f"the run at {path} has no readable checkpoint")
+
+    def stamp(step: int) -> str:
+        info = checkpoint_files(path, step)[0].stat()
+        return f"{info.st_size}:{info.st_mtime_ns}"
+
+    def load(step: int) -> Transformer:
+        return load_run(path, step=step, device=device).model
+
+    return over_checkpoints(steps, load, measure, path / ANALYSIS / cache_key(name, arguments), stamp)

@@ -108,7 +108,13 @@ class Trainer:
                 f"batch_size={train_cfg.batch_size} does not split across {self.world} processes; use a multiple of {self.world}"
             )
         self.config = run_config(task, model_cfg, train_cfg)
-        check_fits(model_cfg, batch=train_cfg.batch_size // self.world, training=True)
+        check_fits(
+            model_cfg,
+            batch=train_cfg.batch_size // self.world,
+            training=True,
+            pos=min(task.seq_len, model_cfg.n_ctx),
+            device=self.device,
+        )
         # everything that can fail on these options runs before the folder is written, so a refused
         # start leaves nothing behind; a start that fails later (killed before its first checkpoint)
         # holds no checkpoint, and check_out lets the same command start it again

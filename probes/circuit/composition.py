@@ -66,7 +66,7 @@ def composition_scores(model: Transformer, kind: Kind) -> Float[Tensor, "layer_a
     scores = _scores(kind, *weights, *weights).view(cfg.n_layers, cfg.n_heads, cfg.n_layers, cfg.n_heads)
     layer = torch.arange(cfg.n_layers)
     later = (layer[None, :] > layer[:, None])[:, None, :, None].expand_as(scores)
-    return torch.where(later, scores, float("nan"))
+    return torch.where(later, scores.cpu(), float("nan"))
 
 
 @torch.no_grad()
@@ -82,5 +82,8 @@ def composition_baseline(model: Transformer, kind: Kind, samples: int = 256, see
     draw = lambda shape: torch.randn(shape, generator=gen)  # noqa: E731
     a = [draw(shape_in), draw(shape_in), draw(shape_in), draw(shape_out)]
     b = [draw(shape_in), draw(shape_in), draw(shape_in), draw(shape_out)]
-    pairs = _scores(kind, *a, *b).diagonal()  # sample i of A against sample i of B: independent pairs
+    # sample i of A against sample i of B: independent pairs (one at a time, not all samples x samples)
+    pairs = torch.stack(
+        [_scores(kind, *(w[i : i + 1] for w in a), *(w[i : i + 1] for w in b))[0, 0] for i in range(samples)]
+    )
     return float(pairs.mean()), float(pairs.std())

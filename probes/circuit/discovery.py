@@ -134,7 +134,7 @@ def evaluate_circuit(
         )
     if (edges & ~graph.valid).any():
         raise ValueError("the circuit holds a (sender, receiver) pair that is not an edge of this model's graph")
-    kept = graph.prune(edges)
+    kept = graph.prune(edges, unfed=ablation == "corrupted")
     if not kept[:, graph.receivers.index("logits")].any():
         warnings.warn(
             f"the circuit's {int(edges.sum())} edge(s) hold no path from the embeddings to the logits, so it "
@@ -155,9 +155,12 @@ def circuit_from_scores(
     target: float = 0.8,
     ablation: Ablation = "corrupted",
 ) -> Circuit:
-    """The top edges by the size of their score: `n_edges` of them, or the fewest whose faithfulness reaches `target`.
+    """The top edges by the size of their score: `n_edges` of them, or the first count that reaches `target`.
 
-    Also measures the faithfulness curve (metric against edges kept) at about 24 sizes, in one batched run.
+    The faithfulness curve (metric against edges kept) is measured at about 24 sizes in one
+    batched run; the count is refined one by one below the first size on that grid that
+    reaches `target`. The curve need not rise monotonically, so a smaller count further down
+    could also reach it.
     """
     graph = Graph.of(model.cfg)
     if scores.graph != graph:
@@ -169,14 +172,16 @@ def circuit_from_scores(
         raise ValueError(f"target faithfulness must lie in (0, 1], got {target}")
     clean, ablated, values = patched_values(model, contrast, ablation)
     sizes = _sizes(total)
-    masks = torch.stack([graph.prune(top_edges(scores, k)) for k in sizes])
+    masks = torch.stack([graph.prune(top_edges(scores, k), unfed=ablation == "corrupted") for k in sizes])
     metrics = evaluate_edge_sets(model, contrast, graph.valid[None] & ~masks, values)
     curve = [(k, _share(float(m), clean, ablated)) for k, m in zip(sizes, metrics)]
     if n_edges is None:
         reached = [k for k, f in curve if f >= target]
         n_edges = reached[0] if reached else total
         if reached and (lower := [k for k in sizes if k < n_edges]):  # refine between the grid's points
-            n_edges = _first_reaching(model, contrast, scores, values, clean, ablated, lower[-1] + 1, n_edges, target)
+            n_edges = _first_reaching(
+                model, contrast, scores, values, clean, ablated, lower[-1] + 1, n_edges, target, ablation
+            )
     return evaluate_circuit(
         model, contrast, top_edges(scores, n_edges), ablation, scores.method, scores, curve, n_edges
     )
@@ -192,10 +197,13 @@ def _first_reaching(
     lo: int,
     hi: int,
     target: float,
+    ablation: Ablation,
 ) -> int:
     graph = scores.graph
     sizes = list(range(lo, hi + 1))
-    masks = torch.stack([graph.valid & ~graph.prune(top_edges(scores, k)) for k in sizes])
+    masks = torch.stack(
+        [graph.valid & ~graph.prune(top_edges(scores, k), unfed=ablation == "corrupted") for k in sizes]
+    )
     metrics = evaluate_edge_sets(model, contrast, masks, values)
     for k, m in zip(sizes, metrics):
         if _share(float(m), clean, ablated) >= target:
@@ -221,7 +229,7 @@ def acdc(model: Transformer, contrast: Contrast, threshold: float = 0.01, ablati
     current = clean
     order = sorted(range(len(graph.receivers)), key=lambda r: -graph.receiver_stage(graph.receivers[r]))
     for r in order:
-        if not graph.prune(kept)[:, r].any() and graph.receivers[r] != "logits":
+        if not graph.prune(kept, unfed=ablation == "corrupted")[:, r].any() and graph.receivers[r] != "logits":
             kept[:, r] = False  # nothing downstream listens: these edges cannot matter
             continue
         for s in sorted(kept[:, r].nonzero().flatten().tolist(), key=lambda s: -graph.sender_stage(graph.senders[s])):

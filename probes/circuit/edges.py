@@ -106,43 +106,53 @@ class _Run:
 
     # -- receivers ---------------------------------------------------------------------------
 
-    def correction(self, receivers: list[int]) -> Tensor | None:
-        """What the receivers' inputs get added to the stream ([rows, pos, n_receivers, d_model]), or None."""
+    def correction(self, receivers: list[int]) -> tuple[Tensor, Tensor] | None:
+        """(rows, what those rows' receiver inputs get added to the stream: [rows, pos, n_receivers, d_model]), or None.
+
+        Only the copies whose masks patch one of these receivers are computed: in exact edge
+        patching each copy patches one edge, so each hook touches a few copies out of many.
+        """
         upstream = len(self.current)
         masks = self.patch.masks[:, :upstream, receivers]
-        if not masks.any():
+        touched = masks.flatten(1).any(1).nonzero().flatten()
+        if len(touched) == 0:
             return None
-        current = torch.stack(self.current, dim=2)
-        current = current.view(self.copies, -1, *current.shape[1:])
-        diff = self.patch.values[None, :, :, :upstream] - current
-        return einops.einsum(
-            masks.to(diff.dtype),
+        batch = self.patch.values.shape[0]
+        current = torch.stack([c.unflatten(0, (self.copies, batch))[touched] for c in self.current], dim=3)
+        diff = self.patch.values[None, :, :, :upstream] - current  # [touched, batch, pos, upstream, d_model]
+        delta = einops.einsum(
+            masks[touched].to(diff.dtype),
             diff,
             "copies sender receiver, copies batch pos sender d_model -> copies batch pos receiver d_model",
-        ).flatten(0, 1)
+        )
+        rows = (touched[:, None] * batch + torch.arange(batch, device=touched.device)).flatten()
+        return rows, delta.flatten(0, 1)
 
     def on_head_input(self, layer: int, which: str) -> Callable[[Tensor, HookPoint], Tensor | None]:
         names = [f"L{layer}H{h}.{which}" for h in range(self.model.cfg.n_heads)]
         receivers = [self.graph.receivers.index(n) for n in names]
 
         def hook(act: Tensor, point: HookPoint) -> Tensor | None:
-            delta = self.correction(receivers)
-            if delta is None:
+            found = self.correction(receivers)
+            if found is None:
                 return None
+            rows, delta = found
             assert self.carrier is not None
             block = self.model.blocks[layer]
             attn = block.attn
-            normed = block.ln1(self.carrier[:, :, None] + delta)  # [rows, pos, n_heads, d_model]
+            normed = block.ln1(self.carrier[rows][:, :, None] + delta)  # [rows, pos, n_heads, d_model]
             if which != "v" and not self.graph.has_pos_embed:  # shortformer: positions join q and k after ln1
                 assert self.pos_embed is not None
-                normed = normed + self.pos_embed[:, :, None]
+                normed = normed + self.pos_embed[rows][:, :, None]
             weight, bias = {"q": (attn.W_Q, attn.b_Q), "k": (attn.W_K, attn.b_K), "v": (attn.W_V, attn.b_V)}[which]
-            return (
+            out = act.clone()
+            out[rows] = (
                 einops.einsum(
                     normed, weight, "batch pos n_heads d_model, n_heads d_model d_head -> batch pos n_heads d_head"
                 )
                 + bias
             )
+            return out
 
         return hook
 
@@ -150,25 +160,34 @@ class _Run:
         receivers = [self.graph.receivers.index(f"MLP{layer}")]
 
         def hook(act: Tensor, point: HookPoint) -> Tensor | None:
-            delta = self.correction(receivers)
-            if delta is None:
+            found = self.correction(receivers)
+            if found is None:
                 return None
+            rows, delta = found
             assert self.carrier is not None
             block = self.model.blocks[layer]
-            return block.mlp.linear_in(block.ln2(self.carrier + delta[:, :, 0]))
+            out = act.clone()
+            out[rows] = block.mlp.linear_in(block.ln2(self.carrier[rows] + delta[:, :, 0]))
+            return out
 
         return hook
 
     def on_logits_input(self, act: Tensor, hook: HookPoint) -> Tensor | None:
-        delta = self.correction([len(self.graph.receivers) - 1])
-        return None if delta is None else act + delta[:, :, 0]
+        found = self.correction([len(self.graph.receivers) - 1])
+        if found is None:
+            return None
+        rows, delta = found
+        out = act.clone()
+        out[rows] += delta[:, :, 0]
+        return out
 
 
 def run_edges(
     model: Transformer, tokens: Int[Tensor, "batch pos"], patch: EdgePatch
 ) -> Float[Tensor, "rows pos d_vocab"]:
     """Logits of `tokens`, copied once per mask of `patch` (copy-major), with each copy's edges patched."""
-    run = _Run(model, patch)
+    device = model.W_E.device
+    run = _Run(model, EdgePatch(patch.masks.to(device), patch.values.to(device)))
     graph = run.graph
     if patch.masks.shape[1:] != graph.valid.shape:
         raise ValueError(
@@ -176,4 +195,4 @@ def run_edges(
             f"{len(graph.senders)} senders, {len(graph.receivers)} receivers]"
         )
     with model.hooks(fwd=run.hooks()):
-        return model(tokens.repeat(run.copies, 1))
+        return model(tokens.to(device).repeat(run.copies, 1))

@@ -3,7 +3,7 @@
 An edge s -> r is patched by giving receiver r the corrupted run's write of s in place of the
 clean one, while every other receiver keeps reading s's clean write; everything downstream of
 r is recomputed. Many edge sets go through the model at once: the clean batch is copied once
-per set (`EdgePatch.masks`), in chunks that keep a pass under `max_rows` sequences.
+per set (`EdgePatch.masks`), in chunks whose senders' writes stay under `MAX_BYTES`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,13 @@ from probes.circuit.graph import Graph
 from probes.circuit.scores import EdgeScores
 
 Ablation = Literal["corrupted", "mean"]
+MAX_BYTES = 2**30  # senders' writes held per pass of copies
+EXACT_AUTO_LIMIT = 4_000_000  # sequence positions run in all (edges x prompts x positions) before exact is opt-in
+
+
+def exact_cost(graph: Graph, contrast: Contrast) -> int:
+    """Sequence positions that exact patching of every edge runs through the model: edges x prompts x positions."""
+    return graph.n_edges * contrast.clean.numel()
 
 
 @torch.no_grad()
@@ -53,9 +60,13 @@ def evaluate_edge_sets(
     contrast: Contrast,
     patched: Bool[Tensor, "sets sender receiver"],
     values: Float[Tensor, "batch pos sender d_model"],
-    max_rows: int = 4096,
+    max_bytes: int = MAX_BYTES,
 ) -> Float[Tensor, " sets"]:
-    """The metric with each set's edges patched to `values` (all sets batched, `max_rows` sequences a pass)."""
+    """The metric with each set's edges patched to `values`, all sets batched.
+
+    A pass holds as many copies of the batch as keep every sender's write of every copy
+    (what a patched receiver reads back) under `max_bytes`.
+    """
     graph = Graph.of(model.cfg)
     if patched.dim() != 3 or patched.shape[1:] != graph.valid.shape:
         raise ValueError(
@@ -63,16 +74,17 @@ def evaluate_edge_sets(
         )
     if (patched & ~graph.valid).any():
         raise ValueError("an edge set holds a (sender, receiver) pair that is not an edge of this model's graph")
-    per_pass = max(1, max_rows // contrast.clean.shape[0])
+    batch, pos, n_senders, d_model = values.shape
+    per_pass = max(1, max_bytes // (batch * pos * n_senders * d_model * values.element_size()))
     out = []
     for chunk in patched.split(per_pass):
         logits = run_edges(model, contrast.clean, EdgePatch(chunk.float(), values))
-        out.append(contrast.values(logits))
+        out.append(contrast.values(logits).detach().cpu())
     return torch.cat(out)
 
 
 def exact_edge_patching(
-    model: Transformer, contrast: Contrast, ablation: Ablation = "corrupted", max_rows: int = 4096
+    model: Transformer, contrast: Contrast, ablation: Ablation = "corrupted", max_bytes: int = MAX_BYTES
 ) -> EdgeScores:
     """Every edge's exact effect: metric with that edge alone patched, minus the clean metric."""
     graph = Graph.of(model.cfg)
@@ -80,7 +92,7 @@ def exact_edge_patching(
     edges = torch.tensor(graph.edges)
     sets = torch.zeros(len(edges), *graph.valid.shape, dtype=torch.bool)
     sets[torch.arange(len(edges)), edges[:, 0], edges[:, 1]] = True
-    metrics = evaluate_edge_sets(model, contrast, sets, values, max_rows)
+    metrics = evaluate_edge_sets(model, contrast, sets, values, max_bytes)
     scores = torch.zeros(graph.valid.shape, dtype=metrics.dtype)
     scores[edges[:, 0], edges[:, 1]] = metrics - clean
     return EdgeScores(graph, scores, "exact", clean, corrupted)

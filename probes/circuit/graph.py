@@ -6,8 +6,9 @@ and keys), each head (`L1H2`, its `hook_result`) and each MLP (`MLP1`, its `hook
 Receivers are what reads it: each head's query, key and value input separately (`L1H2.q`,
 `L1H2.k`, `L1H2.v`), each MLP (`MLP1`) and the unembedding (`logits`). An edge `L0H3 -> L1H2.k`
 is head L0H3's write as it reaches the residual-stream input of head L1H2's keys; every sender
-upstream of a receiver has an edge to it. The biases (b_O, b_out) are constants, not nodes:
-patching never changes them.
+upstream of a receiver has an edge to it. The attention output bias b_O is a constant, not a
+node; b_out is inside `hook_mlp_out` and so part of the MLP's write, but it is the same in
+every run and cancels in every patched difference.
 """
 
 from __future__ import annotations
@@ -132,16 +133,19 @@ class Graph:
 
     # -- paths -------------------------------------------------------------------------------
 
-    def prune(self, keep: Tensor) -> Tensor:
+    def prune(self, keep: Tensor, unfed: bool = True) -> Tensor:
         """The edges of `keep` that lie on some path from an embedding to the logits, inside `keep`.
 
         An edge into a node whose output reaches the logits through no kept edge changes
-        nothing, and neither does an edge out of a node that no kept edge feeds.
+        nothing. With `unfed` (right when patching to corrupted values), neither does an edge
+        out of a node that no kept edge feeds: every input of that node is corrupted, so it
+        writes its corrupted value anyway. Under mean ablation it does not (f(mean input) is not
+        the mean of f), so pass `unfed=False` there.
         """
         keep = keep & self.valid
         while True:
-            # an edge counts when its sender is fed from an embedding and its receiver's node reaches the logits
-            fed = self._fed_from_embeddings(keep)
+            # an edge counts when its receiver's node reaches the logits (and its sender is fed from an embedding)
+            fed = self._fed_from_embeddings(keep) if unfed else torch.ones(len(self.senders), dtype=torch.bool)
             pruned = keep & fed[:, None] & self._receiver_alive(self._reaches_logits(keep))[None, :]
             if torch.equal(pruned, keep):
                 return keep

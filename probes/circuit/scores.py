@@ -65,6 +65,8 @@ def spearman(a: Float[Tensor, " n"], b: Float[Tensor, " n"]) -> float:
     """Spearman's rank correlation (Pearson's correlation of the ranks)."""
     if a.shape != b.shape or a.dim() != 1 or len(a) < 2:
         raise ValueError(f"need two 1-d tensors of the same length >= 2, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if not (a.isfinite().all() and b.isfinite().all()):
+        raise ValueError("the scores hold NaN or infinite values, which have no rank")
     ra, rb = ranks(a.double()), ranks(b.double())
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denom = (ra.norm() * rb.norm()).item()

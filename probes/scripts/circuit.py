@@ -22,12 +22,10 @@ from probes.circuit.attribution import edge_attribution
 from probes.circuit.composition import composition_baseline, composition_scores
 from probes.circuit.contrast import METRIC_KINDS
 from probes.circuit.discovery import acdc, circuit_from_scores
-from probes.circuit.exact import exact_edge_patching
+from probes.circuit.exact import EXACT_AUTO_LIMIT, exact_cost, exact_edge_patching
 from probes.circuit.figures import agreement_figure, circuit_figure, composition_figure, faithfulness_figure
 from probes.circuit.scores import EdgeScores, rank_agreement
 from probes.scripts import cli
-
-COMPARE_UP_TO = 3000  # edges: exact patching of every edge is quick below this on a CPU
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare",
         choices=("auto", "yes", "no"),
         default="auto",
-        help=f"also run exact edge patching and rank-correlate (auto: graphs up to {COMPARE_UP_TO} edges)",
+        help="also run exact edge patching and rank-correlate (auto: when edges x prompts x positions is at most "
+        f"{EXACT_AUTO_LIMIT:,})",
     )
     return p
 
@@ -59,6 +58,11 @@ def body(args: argparse.Namespace, run: Run) -> None:
         raise ValueError(
             f"task {run.config['task']['name']!r} has no default clean/corrupted prompts; use the library "
             "(probes.circuit) with a Contrast of your own"
+        )
+    if args.ablation == "mean" and args.method in ("eap", "eap-ig"):
+        raise ValueError(
+            f"--method {args.method} estimates patching to the corrupted prompts; with --ablation mean use "
+            "--method exact or acdc (or leave --ablation at corrupted)"
         )
     if args.metric != "default":
         contrast = contrast.with_metric(args.metric)
@@ -80,7 +84,7 @@ def body(args: argparse.Namespace, run: Run) -> None:
         f"{scores.method} scored them in {seconds:.2f} s"
     )
     print(f"metric: clean {scores.clean:.4f}, corrupted {scores.corrupted:.4f}")
-    if args.compare == "yes" or (args.compare == "auto" and graph_edges <= COMPARE_UP_TO):
+    if args.compare == "yes" or (args.compare == "auto" and exact_cost(graph, contrast) <= EXACT_AUTO_LIMIT):
         if exact is None:
             started = time.perf_counter()
             exact = exact_edge_patching(model, contrast, args.ablation)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -71,11 +72,24 @@ def load(args: argparse.Namespace, tasks: Sequence[str] | None = None) -> Run:
 
 
 def write_json(out: str | Path, name: str, data: dict[str, Any]) -> Path:
-    """Write `data` to out/name.json (tensors become lists) and return the path."""
+    """Write `data` to out/name.json (tensors become lists, NaN and infinities null: strict JSON) and return the path."""
     path = Path(out) / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=_plain))
+    path.write_text(json.dumps(_strict(data), indent=2, default=_plain, allow_nan=False))
     return path
+
+
+def _strict(value: Any) -> Any:
+    """`value` with tensors as lists and every non-finite float as None, which strict JSON parsers accept."""
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
 
 
 def _plain(value: Any) -> Any:

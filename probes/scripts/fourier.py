@@ -1,6 +1,10 @@
-"""Key Fourier frequencies of a modular-addition run, the share of MLP variance they explain, and its curves.
+"""Key Fourier frequencies of a modular-addition run, the share of MLP variance they explain, and grokking's progress measures over training.
 
-sandbox probe fourier --run runs/modular_addition --out out/fourier
+sandbox probe fourier --run runs/modular_addition --out out/fourier [--no-progress]
+
+The share is set against the share random frequency sets of the same size explain (the chance
+baseline). The progress measures of Nanda et al. (2023) are evaluated at every checkpoint,
+with the final checkpoint's key frequencies, and cached in the run folder (analysis/).
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ import argparse
 import plotly.graph_objects as go
 import torch
 
-from blocks.training.runs import Run
+from blocks.training.runs import Run, run_dynamics
+from probes.dynamics import Dynamics
 from probes.fourier import fourier_figure, fourier_verdict, neuron_grid, summarise
+from probes.progress_measures import PAPER_PHASES, chance_share, progress_measures
 from probes.scripts import cli
 
 
@@ -30,6 +36,26 @@ def curves_figure(metrics: list[dict]) -> go.Figure:
     return fig
 
 
+def phases(progress: Dynamics) -> dict[str, int | None]:
+    """Where this run's phases end, by the paper's signs: train loss below 0.1 (memorisation), restricted loss
+    below 0.1 (the circuit works on its own), test loss below 0.1 (clean-up done: grokked)."""
+    return {
+        "memorisation": progress.first_at_most_from_then_on("train_loss", 0.1),
+        "circuit formation": progress.first_at_most_from_then_on("restricted_loss", 0.1),
+        "clean-up": progress.first_at_most_from_then_on("test_loss", 0.1),
+    }
+
+
+def print_progress(progress: Dynamics) -> None:
+    names = list(progress.values)
+    print(f"\nprogress measures at {len(progress.steps)} checkpoints ({progress.computed} evaluated now):")
+    rows = [[step] + [progress.values[k][i] for k in names] for i, step in enumerate(progress.steps)]
+    cli.print_table(rows, ["step", *names])
+    print("\nphase ends at   this run (first checkpoint past it)   Nanda et al. 2023 (epochs)")
+    for name, step in phases(progress).items():
+        print(f"{name:<16}{'never' if step is None else step:<38}{PAPER_PHASES[name][1]:,}")
+
+
 def body(args: argparse.Namespace, run: Run) -> None:
     p = run.task.p
     a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
@@ -46,8 +72,25 @@ def body(args: argparse.Namespace, run: Run) -> None:
         [[k, int(counts[k]), float(summary.embedding_norms[k - 1])] for k in summary.key_frequencies],
         ["key frequency", "neurons it dominates", "embedding norm"],
     )
-    print(f"share of MLP variance in the key frequencies: {summary.explained:.3f}")
+    chance = chance_share(acts, len(summary.key_frequencies)) if summary.key_frequencies else (float("nan"), 0.0)
+    print(
+        f"share of MLP variance in the key frequencies: {summary.explained:.3f}; {len(summary.key_frequencies)} random "
+        f"frequencies explain {chance[0]:.3f} +- {chance[1]:.3f} (chance)"
+    )
+    if summary.key_frequencies and summary.explained < chance[0] + 2 * chance[1]:
+        print("that is within chance: this model has not organised its neurons by frequency (it has not grokked)")
     print(fourier_verdict(summary, last.get("eval/test_acc"), run.step))
+    progress = None
+    if args.progress and summary.key_frequencies:
+        train, test = run.task.all_pairs()
+        progress = run_dynamics(
+            run.path,
+            lambda model: progress_measures(model, p, summary.key_frequencies, train, test),
+            "progress_measures",
+            {"keys": summary.key_frequencies},
+            device=args.device,
+        )
+        print_progress(progress)
     cli.write_json(
         args.out,
         "grokking",
@@ -60,6 +103,10 @@ def body(args: argparse.Namespace, run: Run) -> None:
             "neuron_share": summary.neuron_share,
             "embedding_norms": summary.embedding_norms,
             "last_eval": last,
+            "chance_share": {"mean": chance[0], "std": chance[1]},
+            "progress": None if progress is None else {"steps": progress.steps, "values": progress.values},
+            "phases": None if progress is None else phases(progress),
+            "paper_phases": PAPER_PHASES,
         },
     )
     cli.write_figure(args.out, "fourier", fourier_figure(summary))
@@ -69,6 +116,9 @@ def body(args: argparse.Namespace, run: Run) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = cli.parser(__doc__.splitlines()[0])
     p.add_argument("--keys", type=int, default=5, help="how many key frequencies to name (default 5)")
+    p.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="skip the progress measures over checkpoints"
+    )
     cli.main(p, body, tasks=("modular_addition",), argv=argv)
 
 

@@ -58,3 +58,11 @@ def test_a_picked_edge_is_path_patched_and_a_stale_pick_is_dropped(app, runs_dir
     assert f"{result.metric:.4f} ({result.effect:+.4f})" in text
     at = app("circuit", run="modadd", circuit_pick="L1H0 -> logits")  # a 1-layer model has no L1H0
     assert not at.exception and "not an edge of this model" in at.info[0].value
+
+
+def test_a_pick_does_not_follow_a_switch_of_score(app, runs_dir):
+    at = app("circuit", run="sycophancy", circuit_pick="L0H1 -> MLP0")
+    assert any("Path patching" in h.value for h in at.subheader)
+    at.selectbox(key="circuit_method").set_value("eap").run()
+    assert not at.exception and not any("Path patching" in h.value for h in at.subheader)
+    assert "circuit_pick" not in at.session_state

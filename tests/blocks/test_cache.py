@@ -78,3 +78,26 @@ def test_full_cache_holds_more_bytes_than_a_filtered_one() -> None:
     _, small = model.run_with_cache(tokens_for(model), names=lambda n: n.endswith("hook_resid_post"))
     assert small.nbytes() == 2 * 3 * 7 * 16 * 4
     assert full.nbytes() > 10 * small.nbytes()
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(attn_only=True), dict(positional="shortformer")])
+def test_full_resid_decomposition_sums_to_the_stream_with_heads_neurons_and_biases(overrides: dict) -> None:
+    model = make_model(**overrides)
+    _, cache = model.run_with_cache(tokens_for(model))
+    for expand in (False, True):
+        full = cache.full_resid_decomposition(expand_neurons=expand)
+        torch.testing.assert_close(full.values.sum(0), cache["blocks.1.hook_resid_post"], **CLOSE)
+        before1 = cache.full_resid_decomposition(layer=1, expand_neurons=expand)
+        torch.testing.assert_close(before1.values.sum(0), cache["blocks.1.hook_resid_pre"], **CLOSE)
+        assert len(full) == len(full.values) and "L1H1" in full.labels and "L1.b_O" in full.labels
+        assert ("pos_embed" in full.labels) == (model.cfg.positional == "learned")
+        if not model.cfg.attn_only:
+            assert ("L0N23" in full.labels) == expand and ("L0.mlp" in full.labels) == (not expand)
+    if model.cfg.attn_only:
+        with pytest.raises(ValueError, match="attention-only; it has no neurons"):
+            cache.stack_neuron_results()
+        return
+    neurons = cache.stack_neuron_results()
+    assert neurons.values.shape == (2 * 24, *tokens_for(model).shape, 16) and neurons.labels[24] == "L1N0"
+    b_out = model.blocks[1].mlp.b_out
+    torch.testing.assert_close(neurons.values[24:].sum(0) + b_out, cache["blocks.1.hook_mlp_out"], **CLOSE)

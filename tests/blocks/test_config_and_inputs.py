@@ -40,13 +40,22 @@ def test_invalid_values_raise_clearly(fields: dict, message: str) -> None:
 @pytest.mark.parametrize(
     "fields",
     [dict(d_model=32.0), dict(n_heads=True), dict(act_fn="swish"), dict(normalization="RMS"),
-     dict(positional="rotary"), dict(attn_only="yes")],
+     dict(positional="rotary"), dict(attn_only="yes"), dict(tie_unembed=1), dict(normalization="LNPost")],
 )  # fmt: skip
 def test_wrong_types_and_unknown_choices_name_the_field(fields: dict) -> None:
     # at test time the runtime type check answers first (TypeError); in use our own ValueError does
     (name,) = fields
     with pytest.raises((TypeError, ValueError), match=name):
         TransformerConfig(**fields)
+
+
+def test_tied_unembedding_is_the_embeddings_tensor() -> None:
+    model = make_model(tie_unembed=True)
+    assert model.unembed.weight is model.embed.weight
+    with torch.no_grad():
+        model.W_U[3, 5] = 7.0  # W_U is W_E transposed: writing one writes the other
+    assert model.W_E[5, 3] == 7.0
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in make_model().parameters()) - 13 * 16
 
 
 def test_attention_only_models_have_no_d_mlp() -> None:

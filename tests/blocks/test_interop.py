@@ -13,6 +13,7 @@ import torch
 
 from blocks import Transformer, TransformerConfig
 from blocks.interop import (
+    fold_layer_norm,
     from_transformer_lens,
     from_transformer_lens_config,
     load_toy_model,
@@ -79,9 +80,9 @@ def test_config_mapping() -> None:
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("normalization_type", "LNPre"),
+        ("normalization_type", "RMSPre"),
         ("normalization_type", "RMS"),
-        ("act_fn", "gelu_new"),
+        ("act_fn", "solu_ln"),
         ("positional_embedding_type", "rotary"),
         ("attention_dir", "bidirectional"),
         ("parallel_attn_mlp", True),
@@ -131,3 +132,22 @@ def test_export_of_our_own_model_loads_back() -> None:
     again = from_transformer_lens(to_transformer_lens(model), cfg)
     tokens = torch.randint(0, 11, (2, 8))
     torch.testing.assert_close(again(tokens), model(tokens), atol=0, rtol=0)
+
+
+def test_lnpre_models_load_from_transformer_lens_and_keep_the_logits() -> None:
+    # TransformerLens's from_pretrained folds each LayerNorm into the next layer and leaves LNPre:
+    # fold the fixture's LN model, write it in TransformerLens's format with that config, read it back
+    tl_cfg, tensors = load_fixture("ln_gelu_2l")
+    folded = fold_layer_norm(from_transformer_lens(split(tensors, "state."), from_transformer_lens_config(tl_cfg)))
+    state = to_transformer_lens(folded)
+    assert not any(k.endswith((".w", ".b")) and ".ln" in k or k.startswith("ln_final") for k in state)
+    lnpre_cfg = from_transformer_lens_config({**tl_cfg, "normalization_type": "LNPre"})
+    assert lnpre_cfg.normalization == "LNPre"
+    model = from_transformer_lens(state, lnpre_cfg)
+    torch.testing.assert_close(model(tensors["tokens"]), tensors["logits"], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"unexpected keys \['blocks\.0\.ln1\.w'\]"):
+        from_transformer_lens({**state, "blocks.0.ln1.w": torch.ones(32)}, lnpre_cfg)
+    with pytest.raises(ValueError, match="shortformer model adds positions after ln1"):
+        fold_layer_norm(Transformer(from_transformer_lens_config(load_fixture("shortformer_gelu_2l")[0])))
+    with pytest.raises(ValueError, match="no LayerNorm"):
+        fold_layer_norm(Transformer(from_transformer_lens_config(load_fixture("nonorm_relu_1l")[0])))

@@ -31,7 +31,7 @@ def test_every_hook_point_has_its_documented_shape(config: str) -> None:
     for name, act in cache.items():
         assert act.shape == expected_shape(name, model.cfg), name
     per_block = {n.split(".", 2)[2] for n in model.hook_names() if n.startswith("blocks.0.")}
-    has_ln = model.cfg.normalization == "LN"
+    has_ln = model.cfg.normalization is not None  # LN or LNPre
     has_mlp = not model.cfg.attn_only
     expected = {"hook_resid_pre", "hook_attn_out", "hook_resid_post"}
     expected |= {f"attn.hook_{x}" for x in ("q", "k", "v", "z", "attn_scores", "pattern", "result")}
@@ -99,6 +99,23 @@ def test_generate_appends_tokens_and_is_greedy_at_zero_temperature() -> None:
     sampled = model.generate(prompt, 4, temperature=1.0, top_k=2, generator=torch.Generator().manual_seed(0))
     top2 = model(prompt)[:, -1].topk(2).indices
     assert (sampled[:, 3:4] == top2).any(-1).all()
+
+
+def test_generate_runs_with_the_hooks_of_its_scope() -> None:
+    model = make_model()
+    prompt = tokens_for(model)[:, :3]
+    zero = lambda act, hook: torch.zeros_like(act)
+    with model.hooks([("hook_embed", zero), ("hook_pos_embed", zero)]):
+        blind = model.generate(prompt, max_new_tokens=6, temperature=0)
+        seen = []
+        with model.hooks([("blocks.1.hook_resid_post", lambda act, hook: seen.append(act.shape[1]))]):
+            model.generate(prompt, max_new_tokens=3, temperature=0)
+    # with the embeddings zeroed every position reads the same stream, so every new token is the same one
+    assert (blind[:, 3:] == blind[:, 3:4]).all()
+    assert seen == [3, 4, 5]  # one forward per new token, each over the whole context so far
+    free = model.generate(prompt, max_new_tokens=6, temperature=0)
+    assert not torch.equal(free, blind)  # the hooks are gone after their scope
+    assert torch.equal(free[:, 3], model(prompt)[:, -1].argmax(-1))
 
 
 def test_vmap_and_jvp_through_the_model_without_gradients() -> None:

@@ -44,6 +44,8 @@ CONFIGS = {
     "gelu": dict(act_fn="gelu"),
     "shortformer": dict(positional="shortformer", act_fn="gelu"),
     "d_head_16": dict(d_model=32, n_heads=2, d_head=16),  # where blocks.fast's attention kernel runs
+    "lnpre_gelu_new": dict(normalization="LNPre", act_fn="gelu_new"),  # GPT-2 through TransformerLens
+    "tied": dict(tie_unembed=True),  # GPT-2 and nanoGPT share W_E and W_U
 }
 
 

@@ -1,96 +1,9 @@
-"""Tiny models for the probe tests, some with hand-set weights whose answers are known."""
+"""Fixtures of the probe tests: the tiny models of probe_models.py."""
 
 import pytest
-import torch
+from probe_models import previous_token_model, random_model
 
-from blocks import Transformer, TransformerConfig
-
-
-def random_model(**overrides) -> Transformer:
-    torch.manual_seed(0)
-    cfg = dict(
-        n_layers=2, d_model=32, n_heads=4, d_vocab=12, n_ctx=16, d_mlp=None if overrides.get("attn_only") else 48
-    )
-    cfg.update(overrides)
-    return Transformer(TransformerConfig(**cfg)).eval()
-
-
-def previous_token_model(n_ctx: int = 8, d_vocab: int = 8, strength: float = 60.0) -> Transformer:
-    """1 attention-only layer, no LayerNorm; head 0 attends from each position to the one before it.
-
-    Positions are one-hot in dims [0, n_ctx), tokens one-hot in [n_ctx, n_ctx + d_vocab); head 0's
-    query at i is e_i and its key at j is e_{j+1}, so only j = i - 1 scores high. Head 0 copies the
-    previous token's one-hot to the output, which W_U reads, so the model predicts "the previous token".
-    """
-    d_model = n_ctx + d_vocab
-    cfg = TransformerConfig(
-        n_layers=1,
-        d_model=d_model,
-        n_heads=2,
-        d_head=d_model,
-        d_vocab=d_vocab,
-        n_ctx=n_ctx,
-        attn_only=True,
-        normalization=None,
-    )
-    model = Transformer(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-        model.pos_embed.weight[:, :n_ctx] = torch.eye(n_ctx)
-        model.embed.weight[:, n_ctx:] = torch.eye(d_vocab)
-        attn = model.blocks[0].attn
-        attn.W_Q[0, :n_ctx, :n_ctx] = strength * torch.eye(n_ctx)
-        attn.W_K[0, :n_ctx, :n_ctx] = torch.diag(torch.ones(n_ctx - 1), 1)  # pos j -> key e_{j+1}
-        attn.W_V[0, n_ctx:, n_ctx:] = torch.eye(d_vocab)
-        attn.W_O[0, n_ctx:, n_ctx:] = 2 * torch.eye(
-            d_vocab
-        )  # outweighs the current token, which the stream also carries
-        # head 1 attends uniformly (zero scores) and writes nothing
-        model.W_U[n_ctx:] = torch.eye(d_vocab)
-    return model
-
-
-def induction_model(n_ctx: int = 16, d_vocab: int = 8, strength: float = 30.0) -> Transformer:
-    """2 attention-only layers, no LayerNorm, whose only route is a previous-token head feeding an induction head.
-
-    Subspaces of the stream: positions P, tokens T, "the previous token" R, the output O.
-    L0H0 attends from position i to i - 1 and writes that token into R; L1H0's query is the
-    current token (T), its key the previous token (R), so it attends to the position after an
-    earlier copy of the current token and writes the token there into O, which alone W_U reads.
-    Heads L0H1 and L1H1 are zero. The circuit is exactly embed -> L0H0.v, L0H0 -> L1H0.k,
-    embed -> L1H0.v and L1H0 -> logits (positions never differ between prompts of one length).
-    """
-    P, T, R, O = 0, n_ctx, n_ctx + d_vocab, n_ctx + 2 * d_vocab
-    d_model = n_ctx + 3 * d_vocab
-    cfg = TransformerConfig(
-        n_layers=2,
-        d_model=d_model,
-        n_heads=2,
-        d_head=d_model,
-        d_vocab=d_vocab,
-        n_ctx=n_ctx,
-        attn_only=True,
-        normalization=None,
-    )
-    model = Transformer(cfg).eval()
-    eye = torch.eye(d_vocab)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-        model.pos_embed.weight[:, P : P + n_ctx] = torch.eye(n_ctx)
-        model.embed.weight[:, T : T + d_vocab] = eye
-        first, second = model.blocks[0].attn, model.blocks[1].attn
-        first.W_Q[0, P : P + n_ctx, :n_ctx] = strength * torch.eye(n_ctx)
-        first.W_K[0, P : P + n_ctx, :n_ctx] = torch.diag(torch.ones(n_ctx - 1), 1)  # pos j -> key e_{j+1}
-        first.W_V[0, T : T + d_vocab, :d_vocab] = eye
-        first.W_O[0, :d_vocab, R : R + d_vocab] = eye
-        second.W_Q[0, T : T + d_vocab, :d_vocab] = strength * eye
-        second.W_K[0, R : R + d_vocab, :d_vocab] = eye
-        second.W_V[0, T : T + d_vocab, :d_vocab] = eye
-        second.W_O[0, :d_vocab, O : O + d_vocab] = eye
-        model.W_U[O : O + d_vocab] = 4 * eye
-    return model
+from blocks import Transformer
 
 
 @pytest.fixture

@@ -71,3 +71,28 @@ def test_bad_input(mlp_model, attn_only_model):
     short = head_ablation(mlp_model, 0, [0], "mean", torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="reference batch only 3"):
         run_ablated(mlp_model, torch.zeros(1, 5, dtype=torch.long), [short])
+
+
+def test_resample_exposes_its_rows_and_run_ablated_gives_the_loss(mlp_model):
+    from probes.ablation import run_ablated_with_loss
+
+    ref = torch.randint(0, 12, (5, 6), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(0, 12, (3, 6), generator=torch.Generator().manual_seed(1))
+    name = "blocks.1.hook_mlp_out"
+    _, ref_cache = mlp_model.run_with_cache(ref, names=name)
+    a = layer_ablation(mlp_model, 1, "mlp", "resample", reference_tokens=ref, seed=4)
+    out = run_ablated_with_loss(mlp_model, tokens, [a])
+    (rows,) = a.drawn_rows  # one forward, one draw of a row per prompt
+    assert rows.shape == (3,) and int(rows.max()) < 5
+    _, cache = mlp_model.run_with_cache(tokens, names=lambda n: n in ("blocks.1.hook_resid_mid",))
+    # the ablated output is exactly the drawn reference rows' MLP output
+    want = mlp_model.unembed(mlp_model.ln_final(cache["blocks.1.hook_resid_mid"] + ref_cache[name][rows]))
+    torch.testing.assert_close(out.logits, want, atol=1e-5, rtol=1e-5)
+    nll = -out.logits[:, :-1].log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0]
+    torch.testing.assert_close(out.loss, nll, atol=1e-5, rtol=1e-5)
+    assert out.loss.shape == (3, 5)
+    zero = layer_ablation(mlp_model, 1, "mlp")
+    run_ablated(mlp_model, tokens, [zero])
+    assert zero.drawn_rows == []  # nothing is drawn for zero (or mean) ablation
+    with pytest.raises(ValueError, match="at least 2 positions"):
+        run_ablated_with_loss(mlp_model, tokens[:, :1], [zero])

@@ -80,6 +80,36 @@ def test_head_sweeps_match_one_forward_per_cell(mlp_model, prompts):
         )
 
 
+@pytest.mark.parametrize("activation", ["q", "k", "v"])
+def test_query_key_value_sweeps_by_position_match_one_forward_per_cell(mlp_model, prompts, activation):
+    clean, corrupted = prompts
+    metric = logit_diff_metric(3, 5)
+    result = patch_heads_by_pos(mlp_model, clean, corrupted, metric, max_copies=10, activation=activation)
+    assert result.values.shape == (2, 4, 6) and "by position" in result.title
+    name = lambda layer: f"blocks.{layer}.attn.hook_{activation}"
+    for layer, h, pos in [(0, 1, 0), (0, 2, 4), (1, 3, 5)]:
+        want = _one_cell(mlp_model, clean, corrupted, metric, name(layer), (slice(None), pos, h))
+        assert result.values[layer, h, pos] == pytest.approx(want, abs=1e-5)
+    # in the last layer only the last position's query feeds the metric (which reads the last position)
+    if activation == "q":
+        assert torch.allclose(result.values[1, :, :-1], torch.tensor(result.corrupted), atol=1e-5)
+    with pytest.raises(ValueError, match=r"unknown head activation 'pattern'; use one of \['z', 'q', 'k', 'v'\]"):
+        patch_heads_by_pos(mlp_model, clean, corrupted, metric, activation="pattern")
+
+
+def test_pattern_sweep_by_destination_matches_one_forward_per_cell(mlp_model, prompts):
+    clean, corrupted = prompts
+    metric = logit_diff_metric(3, 5)
+    result = patch_head_patterns(mlp_model, clean, corrupted, metric, by_dest_pos=True)
+    assert result.values.shape == (2, 4, 6) and result.axes == ("layer", "head", "dest_pos")
+    for layer, h, dest in [(0, 0, 1), (1, 2, 5), (0, 3, 5)]:
+        pat = f"blocks.{layer}.attn.hook_pattern"
+        want = _one_cell(mlp_model, clean, corrupted, metric, pat, (slice(None), h, dest))
+        assert result.values[layer, h, dest] == pytest.approx(want, abs=1e-5)
+    # a last-layer row other than the last destination cannot reach the metric
+    assert torch.allclose(result.values[1, :, :-1], torch.tensor(result.corrupted), atol=1e-5)
+
+
 def test_normalised_and_figures(mlp_model, prompts):
     clean, corrupted = prompts
     result = patch_by_layer_pos(mlp_model, clean, corrupted, logit_diff_metric(3, 5), "resid_pre")

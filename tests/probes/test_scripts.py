@@ -17,7 +17,7 @@ from probes.head_scores import THRESHOLD, repeated_tokens
 from probes.head_scores import head_scores as library_head_scores
 from probes.patching import logit_diff_metric, patch_by_layer_pos
 from probes.probing import IGNORE
-from probes.scripts import fourier, head_scores, information_flow, patching, probing
+from probes.scripts import circuit, dynamics, fourier, head_scores, information_flow, patching, probing
 
 TINY = {
     "induction": dict(n_symbols=8, seq_len=16, min_repeat=3, max_repeat=6, n_train=64, n_test=16, eval_n=6),
@@ -156,6 +156,9 @@ def test_induction_probes_by_default_whether_a_token_was_seen_before(runs, tmp_p
         (head_scores, ["--run", "{induction}", "--device", "cuda:99"], "device 'cuda:99' is not available here"),
         (probing, ["--run", "{induction}", "--device", "mps:5"], "choose one of auto, cpu"),
         (head_scores, ["--run", "{induction}", "--out", "{induction}/config.json/out"], "cannot be created"),
+        (circuit, ["--run", "{induction}", "--ablation", "mean"], "estimates patching to the corrupted prompts"),
+        (circuit, ["--run", "{text}"], "has no default clean/corrupted prompts"),
+        (circuit, ["--run", "{induction}", "--metric", "logit_diff"], "use log_prob or prob"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys, script, argv, message):
@@ -190,7 +193,7 @@ def test_the_sandbox_command_runs_each_probe_script_by_name(runs, tmp_path, caps
         "sandbox",
     }
     assert sandbox.main(["probe", "no_such_probe"]) == 2
-    assert "sandbox probe takes one of circuit, fourier, head_scores" in capsys.readouterr().err
+    assert "sandbox probe takes one of circuit, dynamics, fourier, head_scores" in capsys.readouterr().err
     assert sandbox.main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
@@ -207,6 +210,51 @@ def test_the_installed_command_and_the_module_forms_start(tmp_path):
     for module in ("probes.scripts.fourier", "probes.patching", "probes.information_flow", "blocks.train"):
         helped = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
         assert helped.returncode == 0 and "usage:" in helped.stdout, helped.stderr[-1000:]
+
+
+def test_circuit_script_writes_strict_json_that_matches_the_library(runs, tmp_path, capsys):
+    """Every number of circuit.json against probes.circuit on the same prompts; NaN never reaches the file."""
+    from probes.circuit.attribution import edge_attribution
+    from probes.circuit.discovery import circuit_from_scores
+    from probes.circuit.exact import exact_edge_patching
+    from probes.circuit.scores import rank_agreement
+
+    circuit.main(["--run", str(runs["induction"]), "--out", str(tmp_path), "--n", "16"])
+    out = capsys.readouterr().out
+    text = (tmp_path / "circuit.json").read_text()
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"circuit.json holds {c}"))
+    run = load_run(runs["induction"])
+    contrast = run.task.circuit_contrast(16)
+    ig, exact = edge_attribution(run.model, contrast, "eap-ig"), exact_edge_patching(run.model, contrast)
+    found = circuit_from_scores(run.model, contrast, ig)
+    assert data["circuit"]["edges"] == found.edge_names()
+    assert data["circuit"]["faithfulness"] == pytest.approx(found.faithfulness)
+    assert data["spearman_vs_exact"] == pytest.approx(rank_agreement(ig, exact))
+    assert data["scores"]["edges"] == pytest.approx(dict(zip(ig.graph.edge_names, ig.edge_values().tolist())))
+    assert data["composition"]["k"]["scores"][1][0][0][0] is None  # layer 1 -> layer 0: no composition, null
+    assert f"faithfulness {found.faithfulness:.3f}" in out
+    assert (tmp_path / "circuit.html").is_file() and (tmp_path / "faithfulness.html").is_file()
+
+
+def test_dynamics_script_evaluates_every_checkpoint_once(runs, tmp_path, capsys):
+    from blocks.training.runs import list_checkpoints
+    from probes.dynamics import induction_measures
+
+    argv = ["--run", str(runs["induction"]), "--out", str(tmp_path), "--seed", "2"]
+    dynamics.main(argv)
+    first = capsys.readouterr().out
+    data = _json(tmp_path / "dynamics.json")
+    steps = list_checkpoints(runs["induction"])
+    assert data["steps"] == steps and f"{len(steps)} checkpoints, {len(steps)} evaluated now" in first
+    run = load_run(runs["induction"], step=steps[-1])
+    task, n = run.task, run.task.eval_n
+    expected = induction_measures(
+        run.model, repeated_tokens(n, 32, 1, task.n_symbols + 1, 0, seed=2), n, task.generate(64, seed=1_002)[0]
+    )
+    for name, value in expected.items():
+        assert data["values"][name][-1] == pytest.approx(value)
+    dynamics.main(argv)
+    assert f"{len(steps)} checkpoints, 0 evaluated now" in capsys.readouterr().out
 
 
 def test_figures_under_one_output_root_share_one_plotly_js(tmp_path, monkeypatch):

@@ -32,6 +32,7 @@ def machine_independent_limit(monkeypatch):
         TransformerConfig(n_layers=3, d_model=24, n_heads=3, d_vocab=11, n_ctx=9),
         TransformerConfig(n_layers=1, d_model=16, n_heads=2, attn_only=True, normalization=None),
         TransformerConfig(d_model=32, n_heads=4, d_head=5, d_mlp=7, act_fn="gelu", positional="shortformer"),
+        TransformerConfig(d_model=32, n_heads=4, normalization="LNPre", tie_unembed=True, act_fn="gelu_new"),
     ],
 )
 def test_the_parameter_count_is_the_models(cfg):
@@ -57,10 +58,10 @@ def test_a_crafted_run_config_is_refused_at_once_by_load_run_and_the_app(run_cop
 
 def test_the_limit_can_be_raised_and_lowered(monkeypatch):
     cfg = TransformerConfig(n_layers=2, d_model=64, n_heads=4, d_vocab=50, n_ctx=32)
-    monkeypatch.setenv(LIMIT_ENV, str(estimate(cfg).total / 2**30 * 0.9))
+    monkeypatch.setenv(LIMIT_ENV, str(estimate(cfg, batch=0).total / 2**30 * 0.9))
     with pytest.raises(ModelTooLargeError, match=rf"{LIMIT_ENV}="):
         Transformer(cfg)
-    monkeypatch.setenv(LIMIT_ENV, str(estimate(cfg).total / 2**30 * 1.1))
+    monkeypatch.setenv(LIMIT_ENV, str(estimate(cfg, batch=0).total / 2**30 * 1.1))
     assert Transformer(cfg).cfg == cfg
     monkeypatch.setenv(LIMIT_ENV, "lots")
     with pytest.raises(ValueError, match=r"not a positive number \(gigabytes\)"):
@@ -102,3 +103,15 @@ def test_a_deep_model_is_refused_before_it_is_built_unless_the_limit_is_raised(m
     monkeypatch.setenv(LAYERS_ENV, "3")
     with pytest.raises(ModelTooLargeError, match="limit of 3 layers"):
         Transformer(TransformerConfig(n_layers=4, d_model=4, n_heads=1, d_vocab=4, n_ctx=4))
+
+
+def test_gpt2_small_sizes_fine_tuned_on_short_sequences_are_not_refused(monkeypatch):
+    """The training check counts the task's sequence length, not n_ctx; building counts no forward pass."""
+    from blocks.config import TransformerConfig
+    from blocks.size import check_fits, estimate
+
+    monkeypatch.setenv("SANDBOX_MAX_MEMORY_GB", "12")
+    gpt2 = TransformerConfig(n_layers=12, d_model=768, n_heads=12, d_vocab=50257, n_ctx=1024, d_mlp=3072)
+    check_fits(gpt2, batch=0)  # building: parameters, masks, modules
+    check_fits(gpt2, batch=8, training=True, pos=128)
+    assert estimate(gpt2, 8, True, pos=128).total < estimate(gpt2, 8, True).total / 4

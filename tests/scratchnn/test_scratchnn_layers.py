@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from scratchnn import GELU, Embedding, Flatten, HookedModule, LayerNorm, ReLU
+from scratchnn import GELU, Embedding, Flatten, HookedModule, LayerNorm, NewGELU, ReLU
 
 
 def test_layernorm_matches_torch_values_grads_and_state_dict(code_path: str) -> None:
@@ -20,6 +20,14 @@ def test_layernorm_matches_torch_values_grads_and_state_dict(code_path: str) -> 
     torch.testing.assert_close(x.grad, x_ref.grad)
     torch.testing.assert_close(ours.weight.grad, ref.weight.grad)
     nn.LayerNorm(16).load_state_dict(ours.state_dict())  # and back
+
+
+def test_layernorm_without_weights_matches_torch_and_has_no_parameters(code_path: str) -> None:
+    ours, ref = LayerNorm(16, elementwise_affine=False), nn.LayerNorm(16, elementwise_affine=False)
+    assert ours.weight is None and ours.bias is None and not ours.state_dict()
+    x = torch.randn(4, 5, 16) * 3 + 2
+    torch.testing.assert_close(ours(x), ref(x))
+    assert not torch.allclose(ours(x), LayerNorm(16, elementwise_affine=True)(x) * 2)
 
 
 class OneLayerNorm(HookedModule):
@@ -73,7 +81,7 @@ def test_embedding_bad_ids() -> None:
 
 def test_activations_match_torch(code_path: str) -> None:
     x = torch.linspace(-6, 6, 1001).requires_grad_()  # an odd count: 0 is among the points, where ReLU's slope is 0
-    for ours, ref in ((GELU(), nn.GELU()), (ReLU(), nn.ReLU())):
+    for ours, ref in ((GELU(), nn.GELU()), (NewGELU(), nn.GELU(approximate="tanh")), (ReLU(), nn.ReLU())):
         x_ref = x.detach().clone().requires_grad_()
         torch.testing.assert_close(ours(x), ref(x_ref))
         (grad,) = torch.autograd.grad(ours(x).sum(), x)
