@@ -31,9 +31,12 @@ def strip_prefixes(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """`state` with the wrappers' prefixes removed (`_orig_mod.`, `module.`, `transformer.`) and mask buffers left out."""
     out = {}
     for key, value in state.items():
-        for prefix in _PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
+        stripped = True
+        while stripped:  # in any order and nesting: `module._orig_mod.transformer.wte.weight`
+            stripped = False
+            for prefix in _PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix) :], True
         if not key.endswith(_BUFFERS):
             out[key] = value
     return out
@@ -136,7 +139,8 @@ def to_gpt2_layout(model: Transformer, orientation: Orientation) -> dict[str, Te
     if model.b_U.abs().max() > 0:
         raise ValueError(
             "cannot write this model as GPT-2 weights: its unembedding bias b_U is not zero and GPT-2's lm_head "
-            "has no bias; fold it elsewhere or zero it first"
+            "has no bias, so the logits would change; only models with b_U = 0 (GPT-2's own, or ones trained "
+            "with it frozen at zero) export exactly"
         )
     ours = model.state_dict()
 

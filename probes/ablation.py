@@ -29,8 +29,9 @@ METHODS = ("zero", "mean", "resample")
 class Ablation:
     """A hook that overwrites part of one activation: pass it to `run_ablated` or `model.hooks`.
 
-    `drawn_rows`: for resample ablation, the reference rows each forward drew (one tensor of
-    [batch] row indices per call, in order), so a result can be traced to the rows behind it.
+    `drawn_rows`: for resample ablation, the reference rows the latest forward drew (one tensor of
+    [batch] row indices; the seed is fixed, so every forward of a batch size draws the same), so a
+    result can be traced to the rows behind it.
     """
 
     name: str
@@ -97,7 +98,7 @@ def _ablation_fn(method: str, ref: Tensor | None, mask: Tensor, seed: int, drawn
         else:
             gen = torch.Generator().manual_seed(seed)
             rows = torch.randint(0, ref.shape[0], (act.shape[0],), generator=gen)
-            drawn.append(rows)
+            drawn[:] = [rows]  # the rows of the latest forward (each forward draws the same rows: the seed is fixed)
             replacement = ref[rows.to(ref.device), :pos]
         return torch.where(m, replacement, act)
 

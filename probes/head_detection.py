@@ -45,10 +45,11 @@ def pattern_match_scores(
     exclude_bos: bool = False,
 ) -> Float[Tensor, " n_heads"]:
     """Each head's attention on the detection pattern, averaged over the scored queries and the batch."""
-    if detection.shape[-2:] != pattern.shape[-2:] or detection.dim() not in (2, 3):
+    batch_ok = detection.dim() == 2 or detection.shape[0] in (1, pattern.shape[0])
+    if detection.shape[-2:] != pattern.shape[-2:] or detection.dim() not in (2, 3) or not batch_ok:
         raise ValueError(
             f"detection pattern has shape {tuple(detection.shape)}; it must be [pos, pos] or [batch, pos, pos] "
-            f"with pos = {pattern.shape[-1]}, the prompts' length"
+            f"with pos = {pattern.shape[-1]}, the prompts' length, and batch 1 or {pattern.shape[0]}, the prompts' count"
         )
     detection = detection.to(pattern.device, pattern.dtype).expand(pattern.shape[0], -1, -1).clone()
     if exclude_bos:

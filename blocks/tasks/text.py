@@ -138,12 +138,8 @@ class TextTask(Task):
         saved = "bpe" if isinstance(tokenizer, BPETokenizer) else "char"
         if saved != self.kind:
             raise ValueError(f"the run's saved tokenizer is {saved!r} but the task's options ask for {self.kind!r}")
-        if self.tokenizer_dir is not None and BPETokenizer.from_folder(self.tokenizer_dir) != tokenizer:
-            raise ValueError(
-                f"the tokenizer in {self.tokenizer_dir} is not the one this run was trained with "
-                f"({BPETokenizer.from_folder(self.tokenizer_dir).d_vocab} tokens there, {tokenizer.d_vocab} in the run); "
-                "open the run without tokenizer_dir, or give the folder it was trained with"
-            )
+        # the run's own tokenizer is used as saved: tokenizer_dir is not read again (it may be gone, or lie
+        # outside the folder the app may read); a resume compares the saved tokenizer with the folder's
         self._tokenizer = tokenizer
 
     def _split_text(self, split: str) -> str:

@@ -106,10 +106,17 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         if section == "tokenizer":
             if a != b:
                 kinds = (a.get("kind", "listed"), b.get("kind", "listed"))
-                out.append(
-                    f"tokenizer: the run's has {_n_tokens(a)} tokens, this one {_n_tokens(b)}"
-                    + (f" (the run's is {kinds[0]}, this one {kinds[1]})" if "bpe" in kinds else "")
-                )
+                if kinds == ("bpe", "bpe") and _n_tokens(a) == _n_tokens(b):
+                    out.append(
+                        f"tokenizer: the run's BPE tokenizer and this one both have {_n_tokens(a)} tokens but "
+                        "different merges or vocabulary (another tokenizer_dir, corpus or tokenizers version); "
+                        "give the tokenizer_dir the run was trained with"
+                    )
+                else:
+                    out.append(
+                        f"tokenizer: the run's has {_n_tokens(a)} tokens, this one {_n_tokens(b)}"
+                        + (f" (the run's is {kinds[0]}, this one {kinds[1]})" if "bpe" in kinds else "")
+                    )
             continue
         if section == "task":  # compare the task's options one by one, so the message names the option
             a = {"name": a.get("name"), **a.get("options", {})}
