@@ -32,6 +32,7 @@ pages = [
     st.Page("views/lens.py", title="Logit lens and attribution", icon=":material/stacked_line_chart:"),
     st.Page("views/ablate.py", title="Ablate and patch", icon=":material/content_cut:"),
     st.Page("views/circuit.py", title="Circuits", icon=":material/hub:"),
+    st.Page("views/features.py", title="SAE features", icon=":material/scatter_plot:"),
 ]
 try:
     st.navigation(pages).run()

@@ -22,6 +22,8 @@ Every selection lives in `st.session_state` under these keys, which tests may se
 | `circuit_method`, `circuit_metric` | circuit page: "eap-ig"/"eap"/"exact", and "default" or a metric kind |
 | `circuit_edges`, `circuit_pick` | circuit page: edges kept (int), the edge clicked for path patching ("L0H1 -> L1H2.k") |
 | `circuit_for` | (run, step, mtime, method, metric) the edge count belongs to; a change resets it to that circuit's |
+| `sae_source`, `sae_name` | SAE features page: the run whose SAEs are listed, and the SAE (its folder name) |
+| `sae_feature`, `sae_sort`, `sae_alpha` | SAE features page: the feature shown, the list's order, the steering multiple |
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ STATE_KEYS = (
     "circuit_edges",
     "circuit_pick",
     "circuit_for",
+    "sae_source",
+    "sae_name",
+    "sae_feature",
+    "sae_sort",
+    "sae_alpha",
 )
 TRAIN_HINT = "Train one with `make app` (it trains the default induction model first) or `python -m blocks.train --task induction --out runs/induction`."
 

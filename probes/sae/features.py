@@ -120,3 +120,8 @@ def prediction_change(
     p0, p1 = clean.softmax(-1), edited.softmax(-1)
     top = p1.topk(min(k, p1.numel())).indices
     return [(int(i), float(p0[i]), float(p1[i])) for i in top]
+
+
+def feature_frequency(codes: Float[Tensor, "n pos width"]) -> Float[Tensor, " width"]:
+    """The share of positions each feature fires on."""
+    return (codes > 0).float().mean((0, 1))
