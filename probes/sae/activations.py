@@ -106,15 +106,19 @@ def run_batches(
     hook_name: str,
     batch_size: int,
     buffer_rows: int,
-    model_batch: int = 64,
+    model_batch: int | None = None,
     hook_name_out: str | None = None,
     seed: int = 0,
 ) -> Iterator[Tensor] | Iterator[tuple[Tensor, Tensor]]:
     """Shuffled training batches of `hook_name`'s activations on `tokens`, read `model_batch` sequences at a time.
 
+    `model_batch` None: up to 512 sequences, a quarter of the buffer at most.
+
     With `hook_name_out` (a transcoder) each batch is an (input, target) pair from the same
     positions: the two activations travel through the buffer side by side.
     """
+    if model_batch is None:  # big enough that the forward's fixed cost is small, small enough to fit the buffer
+        model_batch = max(1, min(512, buffer_rows // (4 * tokens.shape[1])))
     if model_batch < 1:
         raise ValueError(f"the model batch must be at least 1 sequence, got {model_batch}")
     if model_batch * tokens.shape[1] > buffer_rows:
@@ -127,11 +131,11 @@ def run_batches(
         check_hook(model, name)
     device = next(model.parameters()).device
 
-    @torch.no_grad()
     def chunks() -> Iterator[Tensor]:
         for start in range(0, tokens.shape[0], model_batch):
             t = tokens[start : start + model_batch].to(device)
-            _, cache = model.run_with_cache(t, names=names, stop_early=True)
+            with torch.no_grad():  # not a decorator: torch's generator wrapper fails when collected at exit
+                _, cache = model.run_with_cache(t, names=names, stop_early=True)
             yield torch.cat([flatten_activation(cache[n]).float() for n in names], dim=-1)
 
     batches = shuffled_batches(chunks, batch_size, buffer_rows, seed)

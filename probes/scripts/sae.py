@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--l1-coeff", type=float, default=SAETrainConfig.l1_coeff, help="relu: L1 coefficient")
     p.add_argument("--l0-coeff", type=float, default=SAETrainConfig.l0_coeff, help="jumprelu: L0 coefficient")
     p.add_argument("--buffer", type=int, default=65536, help="most activations held at once (default 65536)")
-    p.add_argument("--model-batch", type=int, default=64, help="sequences per model forward (default 64)")
+    p.add_argument(
+        "--model-batch", type=int, default=None, help="sequences per model forward (default up to 512, 1/4 of --buffer)"
+    )
     p.add_argument("--eval-n", type=int, default=500, help="test sequences to evaluate on (default 500)")
     p.add_argument("--name", default=None, help="folder name under RUN/saes (default from hook, kind, width, step)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
