@@ -11,7 +11,8 @@ residual stream in under 2 minutes. The default models are built with random wei
 does not depend on them. SAELens runs in its own virtual environment (it cannot be imported
 beside TransformerLens 4): `python3 -m venv .saelens && .saelens/bin/pip install torch==2.13.0
 sae-lens`; without SAELENS_PYTHON (or .saelens/bin/python) its column is skipped, saying so.
-Exits 1 on a missed target.
+On a machine shared with other work, pass --threads 1: two OpenMP threads that spin against
+other processes slowed both libraries about 15x here. Exits 1 on a missed target.
 """
 
 from __future__ import annotations
