@@ -34,6 +34,7 @@ pages = [
     st.Page("views/lens.py", title="Logit lens and attribution", icon=":material/stacked_line_chart:"),
     st.Page("views/ablate.py", title="Ablate and patch", icon=":material/content_cut:"),
     st.Page("views/circuit.py", title="Circuits", icon=":material/hub:"),
+    st.Page("views/features.py", title="SAE features", icon=":material/scatter_plot:"),
 ]
 page = st.navigation(pages)
 st.session_state["_page"] = page.url_path  # the page whose selections the address bar carries (views/common.py)

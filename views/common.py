@@ -27,6 +27,8 @@ Every selection lives in `st.session_state` under these keys, which tests may se
 | `circuit_edges`, `circuit_pick` | circuit page: edges kept (int), the edge clicked for path patching ("L0H1 -> L1H2.k") |
 | `generate_prompt` | overview of a text run: the text generation starts from |
 | `circuit_for` | (run, step, mtime, method, metric) the edge count belongs to; a change resets it to that circuit's |
+| `sae_source`, `sae_name` | SAE features page: the run whose SAEs are listed, and the SAE (its folder name) |
+| `sae_feature`, `sae_sort`, `sae_alpha` | SAE features page: the feature shown, the list's order, the steering multiple |
 
 Every key but `run` belongs to the run it was chosen on: `_per_run` holds, for each run
 visited in this session, the values its keys had when one switched away, and switching back
@@ -86,6 +88,11 @@ STATE_KEYS = (
     "circuit_pick",
     "circuit_for",
     "generate_prompt",
+    "sae_source",
+    "sae_name",
+    "sae_feature",
+    "sae_sort",
+    "sae_alpha",
 )
 PER_RUN_KEYS = tuple(k for k in STATE_KEYS if k != "run")
 # what a link carries, and how each value reads back from its text in the query string

@@ -21,7 +21,17 @@ from pathlib import Path
 
 from scratchnn.errors import one_line_errors
 
-PROBES = ("circuit", "dynamics", "fourier", "head_scores", "information_flow", "patching", "probing", "sycophancy")
+PROBES = (
+    "circuit",
+    "dynamics",
+    "fourier",
+    "head_scores",
+    "information_flow",
+    "patching",
+    "probing",
+    "sae",
+    "sycophancy",
+)
 APP = Path(__file__).resolve().parents[2] / "app.py"  # the app lives beside the packages in a checkout
 
 
