@@ -7,6 +7,7 @@ it was given, naming the link, so that a crafted run cannot show or load files f
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import sys
@@ -14,19 +15,33 @@ from pathlib import Path
 
 
 class OutsideFolderError(ValueError):
-    """A path inside a run leads, through a symlink, to a file outside the folder that may be read."""
+    """A path inside a run leads, through a symlink, outside the folder that may be read, or into a loop of links."""
 
 
 def confined(path: str | Path, root: str | Path) -> Path:
     """`path` with every link followed, if it stays inside `root`; else OutsideFolderError naming the link."""
     path, root = Path(path), Path(root)
-    resolved, inside = path.resolve(), root.resolve()
+    resolved, inside = _resolved(path), _resolved(root)
+    if resolved is None or inside is None:
+        raise OutsideFolderError(f"{_link_of(path, root)} is a symlink loop, so it is not used")
     if resolved == inside or resolved.is_relative_to(inside):
         return resolved
     raise OutsideFolderError(
         f"{_link_of(path, root)} leads to {resolved}, outside {inside}; a run's files must lie inside its "
         "folder, so it is not read (replace the link by a copy of the file to use it)"
     )
+
+
+def _resolved(path: Path) -> Path | None:
+    """`path` with every link followed, or None where links loop (a non-strict resolve lets a loop pass on 3.13)."""
+    try:
+        return path.resolve(strict=True)
+    except RuntimeError:  # how Python 3.10-3.12 report a loop
+        return None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return None
+        return path.resolve()  # not there yet (a folder the trainer is about to make): as far as it goes
 
 
 def _link_of(path: Path, root: Path) -> str:
