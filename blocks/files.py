@@ -2,7 +2,8 @@
 
 A run folder is data, and data can hold symlinks. Whatever reads a run (load_run, the app, the
 trainer on --resume) resolves each path it opens and refuses one that leads outside the folder
-it was given, naming the link, so that a crafted run cannot show or load files from elsewhere.
+it was given, naming the link, so that a crafted run cannot show or load files from elsewhere;
+the trainer does the same for each path it writes, so that it never writes or deletes files there.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def confined(path: str | Path, root: str | Path) -> Path:
         return resolved
     raise OutsideFolderError(
         f"{_link_of(path, root)} leads to {resolved}, outside {inside}; a run's files must lie inside its "
-        "folder, so it is not read (replace the link by a copy of the file to use it)"
+        "folder, so it is not used (replace the link by a copy of the file to use it)"
     )
 
 

@@ -40,9 +40,12 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
 def save_checkpoint(
     run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict[str, Any]
 ) -> Path:
-    """Write the three files of `step` atomically (weights last); return the weights path."""
+    """Write the three files of `step` atomically (weights last); return the weights path.
+
+    A checkpoints folder that a symlink leads outside `run_dir` is refused (OutsideFolderError), as on reading.
+    """
     weights, optim_path, state_path = checkpoint_files(run_dir, step)
-    weights.parent.mkdir(parents=True, exist_ok=True)
+    confined(weights.parent, run_dir).mkdir(parents=True, exist_ok=True)
     tensors, meta = flatten_optimizer(optimizer.state_dict())
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():

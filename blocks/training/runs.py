@@ -148,7 +148,13 @@ def check_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool) 
 
 
 def start_out(out: Path, config: dict[str, Any]) -> None:
-    """Clear `out` of an earlier start (checkpoints, metrics) and write config.json: the run begins at step 0."""
+    """Clear `out` of an earlier start (checkpoints, metrics) and write config.json: the run begins at step 0.
+
+    A link among them is removed itself, never followed: what it leads to is not this run's to delete.
+    """
+    for name in (CHECKPOINTS, METRICS, CONFIG):
+        if (out / name).is_symlink():
+            (out / name).unlink()
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     (out / METRICS).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)

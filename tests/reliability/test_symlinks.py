@@ -56,8 +56,8 @@ def test_checkpoints_linked_outside_are_refused_so_outside_weights_never_load(at
     at = app_on(root, monkeypatch, run="run")
     assert not at.exception and "checkpoints (a link to" in at.error[0].value
     assert not at.get("plotly_chart")
-    # a resume reads checkpoints too: every one of them is passed over, naming the link
-    with pytest.raises(FileNotFoundError, match="no resumable checkpoint.*leads to"):
+    # a resume would read and write them: it is refused, naming the link
+    with pytest.raises(OutsideFolderError, match=r"checkpoints \(a link to .*other/checkpoints\)"):
         tiny_trainer(run, resume=True)
 
 
