@@ -17,10 +17,11 @@ import torch
 from torch import Tensor
 
 from blocks.files import confined
-from blocks.weights import atomic_write_bytes, load_tensors, read_json, save_tensors
+from blocks.weights import TEMP_SUFFIX, atomic_write_bytes, load_tensors, read_json, save_tensors
 
 CHECKPOINTS = "checkpoints"
 _WEIGHTS = re.compile(r"^step_(\d+)\.safetensors$")
+_UNFINISHED = re.compile(r"^step_\d+\.(optim\.safetensors|state\.json)$")  # written before the weights
 
 
 def checkpoint_files(run_dir: Path, step: int) -> tuple[Path, Path, Path]:
@@ -37,12 +38,20 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
     return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _WEIGHTS.match(p.name)))
 
 
+def is_unfinished_save(name: str) -> bool:
+    """Whether a file named `name` in checkpoints/ can be left by a save killed before its weights were written."""
+    return bool(_UNFINISHED.match(name)) or (name.startswith(".") and name.endswith(TEMP_SUFFIX))
+
+
 def save_checkpoint(
     run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict[str, Any]
 ) -> Path:
-    """Write the three files of `step` atomically (weights last); return the weights path."""
+    """Write the three files of `step` atomically (weights last); return the weights path.
+
+    A checkpoints folder that a symlink leads outside `run_dir` is refused (OutsideFolderError), as on reading.
+    """
     weights, optim_path, state_path = checkpoint_files(run_dir, step)
-    weights.parent.mkdir(parents=True, exist_ok=True)
+    confined(weights.parent, run_dir).mkdir(parents=True, exist_ok=True)
     tensors, meta = flatten_optimizer(optimizer.state_dict())
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():

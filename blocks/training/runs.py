@@ -9,6 +9,7 @@ beside it, see blocks.training.checkpoints); `metrics.jsonl` (one JSON object pe
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from blocks.files import confined
 from blocks.interop import checked_state_dict
 from blocks.tasks import get_task
 from blocks.tasks.base import Task, Tokenizer
-from blocks.training.checkpoints import CHECKPOINTS, checkpoint_files, checkpoint_steps
+from blocks.training.checkpoints import CHECKPOINTS, checkpoint_files, checkpoint_steps, is_unfinished_save
 from blocks.training.config import TrainConfig
 from blocks.transformer import Transformer
 from blocks.weights import atomic_write_bytes, load_tensors, read_json
@@ -148,20 +149,57 @@ def check_out(out: Path, config: dict[str, Any], resume: bool, overwrite: bool) 
         if not has_config:
             raise FileNotFoundError(f"nothing to resume: {out} holds no run (no {CONFIG})")
         if not started:
+            _check_failed_start(out)
             return True
         diffs = _differences(read_config(out), config)
         if diffs:
             raise ValueError(f"cannot resume {out} with a different config: " + "; ".join(diffs))
         return False
+    if overwrite:
+        return True
     # checkpoints or metrics without a config of ours: not our files to replace unasked
-    foreign = not has_config and ((out / CHECKPOINTS).exists() or (out / METRICS).exists())
-    if (started or foreign) and not overwrite:
+    foreign = not has_config and (os.path.lexists(out / CHECKPOINTS) or os.path.lexists(out / METRICS))
+    if started or foreign:
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
+    _check_failed_start(out)
     return True
 
 
+def _check_failed_start(out: Path) -> None:
+    """Refuse to start `out` again unless its checkpoints folder is what a start that saved none leaves.
+
+    That is no `checkpoints` at all, or a real folder holding at most the files of a save killed
+    before its weights were written. Anything else (a link, say to a disk that is not mounted now, so
+    the run's checkpoints look absent) may be a real run: starting over would rewrite its metrics
+    and config, so only --overwrite does that.
+    """
+    folder = out / CHECKPOINTS
+    if not os.path.lexists(folder):
+        return
+    if folder.is_symlink():
+        there = f"a link to {os.readlink(folder)}" + ("" if folder.exists() else ", which cannot be reached now")
+    elif not folder.is_dir():
+        there = "a file, not a folder"
+    else:
+        others = sorted(p.name for p in folder.iterdir() if not is_unfinished_save(p.name))
+        if not others:
+            return
+        there = f"a folder holding {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}"
+    raise FileExistsError(
+        f"{folder} is {there}, not what a start that saved no checkpoint leaves, so the run is not started over "
+        "(that would rewrite its metrics and config); pass --overwrite to start over (a link is then removed, "
+        "not what it leads to)"
+    )
+
+
 def start_out(out: Path, config: dict[str, Any]) -> None:
-    """Clear `out` of an earlier start (checkpoints, metrics) and write config.json: the run begins at step 0."""
+    """Clear `out` of an earlier start (checkpoints, metrics) and write config.json: the run begins at step 0.
+
+    A link among them is removed itself, never followed: what it leads to is not this run's to delete.
+    """
+    for name in (CHECKPOINTS, METRICS, CONFIG):
+        if (out / name).is_symlink():
+            (out / name).unlink()
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     (out / METRICS).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)

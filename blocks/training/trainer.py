@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from blocks.config import TransformerConfig
-from blocks.files import RunLock
+from blocks.files import RunLock, confined
 from blocks.interop import is_earlier_layout
 from blocks.size import check_fits
 from blocks.tasks.base import Task
@@ -135,12 +135,13 @@ class Trainer:
         try:
             if self.rank == 0:
                 self.fresh = check_out(self.out, self.config, resume, overwrite)  # again, now that no one else writes
-                for folder in (self.out, self.out / CHECKPOINTS):  # half-written files of a killed save
-                    remove_temp_files(folder)
             # an earlier start that saved nothing, replaced (for the CLI to say so)
             self.restarted = self.fresh and not overwrite and (self.out / CONFIG).is_file()
             if self.fresh:
                 start_out(self.out, self.config)
+            if self.rank == 0:
+                for folder in (self.out, self.out / CHECKPOINTS):  # half-written files of a killed save
+                    remove_temp_files(confined(folder, self.out))
             self._barrier()
             self.step, self.elapsed, self.milestone_step = 0, 0.0, None
             self.skipped: list[str] = []  # why each newer checkpoint could not be resumed from (for the CLI)
@@ -248,7 +249,7 @@ class Trainer:
             return
         line = (json.dumps(record) + "\n").encode()
         # one O_APPEND write per line: readers see whole lines (read_metrics skips a torn last one)
-        fd = os.open(self.out / METRICS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(confined(self.out / METRICS, self.out), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             os.write(fd, line)
         finally:

@@ -137,3 +137,32 @@ def test_a_run_saved_with_a_negative_or_large_seed_still_loads(tmp_path):
     for seed in (-1, 2**40):
         task = get_task("induction", seed=seed, n_train=8, n_test=4)
         assert task.seed == seed and len(task.example(0)) > 0
+
+
+def test_checkpoints_linked_to_a_disk_not_mounted_are_not_taken_for_a_failed_start(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(out) == 0
+    metrics, config = (out / "metrics.jsonl").read_bytes(), (out / "config.json").read_bytes()
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    (out / "checkpoints").rename(disk / "checkpoints")
+    (out / "checkpoints").symlink_to(disk / "checkpoints")  # checkpoints kept on another disk ...
+    disk.rename(tmp_path / "unmounted")  # ... which is not mounted now
+    capsys.readouterr()
+    for retry in ([], ["--resume"]):
+        assert train(out, *retry) == 2
+        err = capsys.readouterr().err
+        assert "checkpoints is a link to" in err and "cannot be reached now" in err and err.count("\n") == 1
+        assert (out / "metrics.jsonl").read_bytes() == metrics and (out / "config.json").read_bytes() == config
+    assert list_checkpoints(tmp_path / "unmounted")[-1] == TINY["steps"]
+
+
+def test_a_checkpoints_folder_holding_other_files_is_not_cleared_by_a_retry(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(out, "--steps", "2") == 0
+    for f in (out / "checkpoints").iterdir():
+        f.unlink()
+    (out / "checkpoints" / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert train(out) == 2
+    assert "a folder holding notes.txt" in capsys.readouterr().err and (out / "checkpoints" / "notes.txt").exists()

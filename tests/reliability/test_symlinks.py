@@ -12,6 +12,7 @@ from conftest import app_on, shown, tiny_trainer
 from blocks.files import OutsideFolderError, confined
 from blocks.training.checkpoints import checkpoint_files
 from blocks.training.runs import checkpoint_status, list_checkpoints, load_run
+from scratchnn.errors import describe
 
 SECRET = "TOP-SECRET-7731"
 
@@ -55,8 +56,8 @@ def test_checkpoints_linked_outside_are_refused_so_outside_weights_never_load(at
     at = app_on(root, monkeypatch, run="run")
     assert not at.exception and "checkpoints (a link to" in at.error[0].value
     assert not at.get("plotly_chart")
-    # a resume reads checkpoints too: every one of them is passed over, naming the link
-    with pytest.raises(FileNotFoundError, match="no resumable checkpoint.*leads to"):
+    # a resume would read and write them: it is refused, naming the link
+    with pytest.raises(OutsideFolderError, match=r"checkpoints \(a link to .*other/checkpoints\)"):
         tiny_trainer(run, resume=True)
 
 
@@ -103,3 +104,26 @@ def test_confined_names_the_first_link_on_the_way(tmp_path):
     with pytest.raises(OutsideFolderError, match=r"root/a/b \(a link to .*elsewhere\) leads to .*elsewhere/c"):
         confined(tmp_path / "root" / "a" / "b" / "c", tmp_path / "root")
     assert confined(tmp_path / "root" / "a", tmp_path / "root") == (tmp_path / "root" / "a").resolve()
+
+
+def test_a_checkpoint_linked_to_itself_is_skipped_and_named(attacked):
+    root, run, _ = attacked
+    last = list_checkpoints(run)[-1]
+    mine = checkpoint_files(run, last)[0]
+    mine.unlink()
+    mine.symlink_to(mine.name)
+    status = dict(checkpoint_status(run, root=root))
+    assert f"{mine.name} (a link to {mine.name}) is a symlink loop" in status[last]
+    loaded = load_run(run, root=root)
+    assert loaded.step == list_checkpoints(run)[-2] and "is a symlink loop" in loaded.skipped[0]
+    with pytest.raises(OutsideFolderError, match="is a symlink loop"):
+        load_run(run, step=last)
+
+
+def test_a_checkpoints_folder_linked_to_itself_is_one_line_not_a_traceback(attacked):
+    root, run, _ = attacked
+    shutil.rmtree(run / "checkpoints")
+    (run / "checkpoints").symlink_to("checkpoints")
+    with pytest.raises(OutsideFolderError, match=r"checkpoints \(a link to checkpoints\) is a symlink loop") as err:
+        load_run(run, root=root)
+    assert describe(err.value) == str(err.value)  # what every entry point prints as its one line
