@@ -23,6 +23,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from blocks.transformer import Transformer
+from blocks.weights import atomic_write_bytes
 from probes.circuit.composition import composition_scores
 from probes.head_scores import THRESHOLD, head_scores
 
@@ -87,11 +88,8 @@ def over_checkpoints(
             with torch.no_grad():
                 found = {k: float(v) for k, v in measure(load(step)).items()}
             computed += 1
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"stamp": mark, "values": found}))
-                tmp.replace(path)
+            if path is not None:  # a temporary file and a rename: a link at the name is replaced, never followed
+                atomic_write_bytes(path, json.dumps({"stamp": mark, "values": found}).encode())
         for k, v in found.items():
             values.setdefault(k, []).append(v)
     lengths = {len(v) for v in values.values()}

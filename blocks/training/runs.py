@@ -363,4 +363,8 @@ def run_dynamics(
     def load(step: int) -> Transformer:
         return load_run(path, step=step, device=device).model
 
-    return over_checkpoints(steps, load, measure, path / ANALYSIS / cache_key(name, arguments), stamp)
+    cache = path / ANALYSIS / cache_key(name, arguments)
+    for folder in (path / ANALYSIS, cache):  # never written through a link that leads out of the run
+        if folder.exists() or folder.is_symlink():
+            confined(folder, path)
+    return over_checkpoints(steps, load, measure, cache, stamp)

@@ -62,3 +62,14 @@ def test_induction_measures_on_the_hand_built_induction_model():
     assert out["in_context_score"] < -1.0  # the second copy is predicted, the first is not
     with pytest.raises(ValueError, match="need 0 <= early < late"):
         in_context_score(model, tokens, 5, 5)
+
+
+def test_a_cache_file_that_is_a_link_is_replaced_not_written_through(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "step_000000.json").symlink_to(outside)
+    model = random_model()
+    over_checkpoints([0], lambda s: model, lambda m: {"x": 1.0}, cache, lambda s: "a")
+    assert outside.read_text() == "keep me" and not (cache / "step_000000.json").is_symlink()

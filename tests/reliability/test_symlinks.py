@@ -127,3 +127,17 @@ def test_a_checkpoints_folder_linked_to_itself_is_one_line_not_a_traceback(attac
     with pytest.raises(OutsideFolderError, match=r"checkpoints \(a link to checkpoints\) is a symlink loop") as err:
         load_run(run, root=root)
     assert describe(err.value) == str(err.value)  # what every entry point prints as its one line
+
+
+def test_the_analysis_cache_is_never_written_through_a_link_out_of_the_run(tmp_path):
+    from blocks.files import OutsideFolderError
+    from blocks.training.runs import run_dynamics
+
+    run = tiny_trainer(tmp_path / "run")
+    run.run()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "run" / "analysis").symlink_to(outside)
+    with pytest.raises(OutsideFolderError, match="analysis"):
+        run_dynamics(tmp_path / "run", lambda m: {"x": 1.0}, "x", {})
+    assert not any(outside.iterdir())
