@@ -52,6 +52,15 @@ def default_run(root: Path) -> str:
     return path.name
 
 
+def run_or_default(run: Path) -> tuple[Path, str, tempfile.TemporaryDirectory | None]:
+    """(runs folder, run name, the temporary folder to keep alive): `run`, or a default-shaped run with random weights."""
+    if (run / "config.json").is_file():
+        return run.resolve().parent, run.name, None
+    tmp = tempfile.TemporaryDirectory()
+    print(f"no trained run at {run}: timing a default-shaped induction model with random weights")
+    return Path(tmp.name), default_run(Path(tmp.name)), tmp
+
+
 def timed(at: AppTest, flow: bool = True) -> float:
     """Seconds for one rerun; checks the flow page really drew its routes (not a message instead)."""
     start = time.perf_counter()
@@ -70,14 +79,7 @@ def main() -> int:
     p.add_argument("--run", default=str(REPO / "runs" / "induction"))
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
-    run = Path(args.run)
-    tmp = None
-    if not (run / "config.json").is_file():
-        tmp = tempfile.TemporaryDirectory()
-        root, name = Path(tmp.name), default_run(Path(tmp.name))
-        print(f"no trained run at {run}: timing a default-shaped induction model with random weights")
-    else:
-        root, name = run.resolve().parent, run.name
+    root, name, tmp = run_or_default(Path(args.run))
     os.environ["SANDBOX_RUNS"] = str(root)
     sys.path.insert(0, str(REPO))
     st.cache_resource.clear()

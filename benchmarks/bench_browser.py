@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -28,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "app"))  # the test server helper: streamlit run on a free port
 sys.path.insert(0, str(REPO / "benchmarks"))
 from app_server import CHROMIUM, CHROMIUM_ARGS, serve  # noqa: E402
-from bench_app import default_run  # noqa: E402
+from bench_app import run_or_default  # noqa: E402
 
 from blocks.tasks import get_task  # noqa: E402
 from blocks.training.runs import load_run  # noqa: E402
@@ -68,14 +67,7 @@ def main() -> int:
     p.add_argument("--run", default=str(REPO / "runs" / "induction"))
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    run_dir = Path(args.run)
-    tmp = None
-    if not (run_dir / "config.json").is_file():
-        tmp = tempfile.TemporaryDirectory()
-        root, name = Path(tmp.name), default_run(Path(tmp.name))
-        print(f"no trained run at {run_dir}: timing a default-shaped induction model with random weights")
-    else:
-        root, name = run_dir.resolve().parent, run_dir.name
+    root, name, tmp = run_or_default(Path(args.run))
     run = load_run(root / name)
     task = get_task(run.config["task"]["name"], **run.config["task"]["options"])
     prompts = [task.tokenizer.decode(task.example(1000 + i)) for i in range(args.repeats + 1)]

@@ -14,13 +14,11 @@ faithfulness. Prints medians of `repeats` timed calls after a warm-up; exits 1 o
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_probes import median_time  # benchmarks/ is this script's folder
 
 from blocks import Transformer, TransformerConfig
 from blocks.fast import keep_freed_memory
@@ -37,16 +35,6 @@ TARGET_EAP_RATIO, TARGET_EXACT_S = 3.0, 30.0
 BENCH_MODEL = dict(n_layers=4, d_model=256, n_heads=8, d_mlp=1024, d_vocab=512, n_ctx=128, act_fn="gelu")
 BATCH = 64
 PAIRS = 256  # rank agreement among many near-zero edges needs more than 64 pairs to settle
-
-
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def bench_eap(repeats: int) -> bool:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from blocks.config import TransformerConfig
+from blocks.hub import hub_files
 from blocks.interop_fold import center_unembed, fold_layer_norm
 from blocks.interop_hf import (
     from_hugging_face,
@@ -295,27 +296,14 @@ def load_toy_model(name: str, cache_dir: str | Path | None = None, local_files_o
     repo = TOY_MODELS.get(name, name if "/" in name else None)
     if repo is None:
         raise ValueError(f"unknown toy model {name!r}; known names are {sorted(TOY_MODELS)} (or give 'owner/repo')")
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError as err:  # datasets depends on it, but keep the message useful without it
-        raise ImportError(
-            "loading from the hub needs the huggingface_hub package: pip install huggingface_hub"
-        ) from err
-    files = {}
-    for filename in ("config.json", "model_final.pth"):
-        try:
-            files[filename] = hf_hub_download(
-                repo,
-                filename,
-                cache_dir=None if cache_dir is None else str(cache_dir),
-                local_files_only=local_files_only,
-            )
-        except Exception as err:  # the hub raises many types (offline, DNS, 404); all mean "not available here"
-            raise ConnectionError(
-                f"could not get {filename} of {repo} from the Hugging Face hub ({type(err).__name__}: {err}). "
-                f"Offline? Download config.json and model_final.pth from https://huggingface.co/{repo} "
-                "and call blocks.interop.load_transformer_lens_checkpoint(weights_path, config_path)"
-            ) from err
+    files = hub_files(
+        repo,
+        ("config.json", "model_final.pth"),
+        cache_dir,
+        local_files_only,
+        f"Download config.json and model_final.pth from https://huggingface.co/{repo} and call "
+        "blocks.interop.load_transformer_lens_checkpoint(weights_path, config_path)",
+    )
     return load_transformer_lens_checkpoint(files["model_final.pth"], files["config.json"])
 
 

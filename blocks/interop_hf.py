@@ -15,6 +15,7 @@ from typing import Any
 from torch import Tensor
 
 from blocks.config import TransformerConfig
+from blocks.hub import hub_files
 from blocks.interop_fold import center_unembed as center_unembed_of
 from blocks.interop_fold import fold_layer_norm
 from blocks.interop_gpt2 import check_gpt2_shaped, from_gpt2_layout, to_gpt2_layout
@@ -221,25 +222,12 @@ def load_gpt2(
     repo = GPT2_REPOS.get(name, name if "/" in name else None)
     if repo is None:
         raise ValueError(f"unknown GPT-2 name {name!r}; known names are {sorted(GPT2_REPOS)} (or give 'owner/repo')")
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError as err:
-        raise ImportError(
-            "loading from the hub needs the huggingface_hub package: pip install huggingface_hub"
-        ) from err
-    paths = {}
-    for filename in ("config.json", "model.safetensors"):
-        try:
-            paths[filename] = hf_hub_download(
-                repo,
-                filename,
-                cache_dir=None if cache_dir is None else str(cache_dir),
-                local_files_only=local_files_only,
-            )
-        except Exception as err:  # the hub raises many types (offline, DNS, 404); all mean "not available here"
-            raise ConnectionError(
-                f"could not get {filename} of {repo} from the Hugging Face hub ({type(err).__name__}). Offline? "
-                f"Put config.json and model.safetensors from https://huggingface.co/{repo} in a folder and call "
-                "blocks.interop.from_hugging_face(folder), or pass a GPT2LMHeadModel you already have"
-            ) from err
-    return from_hugging_face(Path(paths["config.json"]).parent, fold_ln=fold_ln, center_unembed=center_unembed)
+    paths = hub_files(
+        repo,
+        ("config.json", "model.safetensors"),
+        cache_dir,
+        local_files_only,
+        f"Put config.json and model.safetensors from https://huggingface.co/{repo} in a folder and call "
+        "blocks.interop.from_hugging_face(folder), or pass a GPT2LMHeadModel you already have",
+    )
+    return from_hugging_face(paths["config.json"].parent, fold_ln=fold_ln, center_unembed=center_unembed)

@@ -54,14 +54,15 @@ chosen = run_only()
 if chosen is None:
     st.stop()
 run, key = chosen
-if run.task.circuit_contrast(1) is None:
+prompts = run.task.circuit_contrast(N_PROMPTS)  # built once a rerun: what exact patching would cost
+if prompts is None:
     st.info(
         f"Task {run.config['task']['name']!r} has no default clean and corrupted prompts; use probes.circuit "
         "with a Contrast of your own in a script or notebook."
     )
     st.stop()
 
-exact_ok = exact_cost(Graph.of(run.model.cfg), run.task.circuit_contrast(N_PROMPTS)) <= EXACT_AUTO_LIMIT
+exact_ok = exact_cost(Graph.of(run.model.cfg), prompts) <= EXACT_AUTO_LIMIT
 methods = ("eap-ig", "eap", "exact") if exact_ok else ("eap-ig", "eap")
 if st.session_state.get("circuit_method") not in methods:
     st.session_state["circuit_method"] = "eap-ig"

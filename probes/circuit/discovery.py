@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,44 +172,35 @@ def circuit_from_scores(
     if not 0 < target <= 1:
         raise ValueError(f"target faithfulness must lie in (0, 1], got {target}")
     clean, ablated, values = patched_values(model, contrast, ablation)
-    sizes = _sizes(total)
-    masks = torch.stack([graph.prune(top_edges(scores, k), unfed=ablation == "corrupted") for k in sizes])
-    metrics = evaluate_edge_sets(model, contrast, graph.valid[None] & ~masks, values)
-    curve = [(k, _share(float(m), clean, ablated)) for k, m in zip(sizes, metrics)]
+    curve = _curve(model, contrast, scores, values, clean, ablated, _sizes(total), ablation)
     if n_edges is None:
         reached = [k for k, f in curve if f >= target]
         n_edges = reached[0] if reached else total
-        if reached and (lower := [k for k in sizes if k < n_edges]):  # refine between the grid's points
-            n_edges = _first_reaching(
-                model, contrast, scores, values, clean, ablated, lower[-1] + 1, n_edges, target, ablation
-            )
+        lower = [k for k, _ in curve if k < n_edges]
+        if reached and lower and lower[-1] + 1 < n_edges:  # refine between the grid's points
+            finer = _curve(model, contrast, scores, values, clean, ablated, range(lower[-1] + 1, n_edges), ablation)
+            n_edges = next((k for k, f in finer if f >= target), n_edges)
     return evaluate_circuit(
         model, contrast, top_edges(scores, n_edges), ablation, scores.method, scores, curve, n_edges
     )
 
 
-def _first_reaching(
+def _curve(
     model: Transformer,
     contrast: Contrast,
     scores: EdgeScores,
     values: Tensor,
     clean: float,
     ablated: float,
-    lo: int,
-    hi: int,
-    target: float,
+    sizes: Sequence[int],
     ablation: Ablation,
-) -> int:
+) -> list[tuple[int, float]]:
+    """(k, faithfulness of the top-k edges) for each size, all sizes in one batched run."""
     graph = scores.graph
-    sizes = list(range(lo, hi + 1))
-    masks = torch.stack(
-        [graph.valid & ~graph.prune(top_edges(scores, k), unfed=ablation == "corrupted") for k in sizes]
-    )
+    unfed = ablation == "corrupted"
+    masks = torch.stack([graph.valid & ~graph.prune(top_edges(scores, k), unfed=unfed) for k in sizes])
     metrics = evaluate_edge_sets(model, contrast, masks, values)
-    for k, m in zip(sizes, metrics):
-        if _share(float(m), clean, ablated) >= target:
-            return k
-    return hi
+    return [(k, _share(float(m), clean, ablated)) for k, m in zip(sizes, metrics)]
 
 
 def acdc(model: Transformer, contrast: Contrast, threshold: float = 0.01, ablation: Ablation = "corrupted") -> Circuit:

@@ -128,58 +128,47 @@ class _Run:
         rows = (touched[:, None] * batch + torch.arange(batch, device=touched.device)).flatten()
         return rows, delta.flatten(0, 1)
 
-    def on_head_input(self, layer: int, which: str) -> Callable[[Tensor, HookPoint], Tensor | None]:
-        names = [f"L{layer}H{h}.{which}" for h in range(self.model.cfg.n_heads)]
-        receivers = [self.graph.receivers.index(n) for n in names]
+    def replace_rows(
+        self, act: Tensor, receivers: list[int], new_rows: Callable[[Tensor, Tensor], Tensor]
+    ) -> Tensor | None:
+        """`act` with the patched rows recomputed by `new_rows(rows, correction)`; None when no copy patches these."""
+        found = self.correction(receivers)
+        if found is None:
+            return None
+        rows, delta = found
+        out = act.clone()
+        out[rows] = new_rows(rows, delta)
+        return out
 
-        def hook(act: Tensor, point: HookPoint) -> Tensor | None:
-            found = self.correction(receivers)
-            if found is None:
-                return None
-            rows, delta = found
+    def on_head_input(self, layer: int, which: str) -> Callable[[Tensor, HookPoint], Tensor | None]:
+        receivers = [self.graph.receivers.index(f"L{layer}H{h}.{which}") for h in range(self.model.cfg.n_heads)]
+        block = self.model.blocks[layer]
+        attn = block.attn
+
+        def heads(rows: Tensor, delta: Tensor) -> Tensor:
             assert self.carrier is not None
-            block = self.model.blocks[layer]
-            attn = block.attn
             normed = block.ln1(self.carrier[rows][:, :, None] + delta)  # [rows, pos, n_heads, d_model]
             if which != "v" and not self.graph.has_pos_embed:  # shortformer: positions join q and k after ln1
                 assert self.pos_embed is not None
                 normed = normed + self.pos_embed[rows][:, :, None]
             weight, bias = {"q": (attn.W_Q, attn.b_Q), "k": (attn.W_K, attn.b_K), "v": (attn.W_V, attn.b_V)}[which]
-            out = act.clone()
-            out[rows] = (
-                einops.einsum(
-                    normed, weight, "batch pos n_heads d_model, n_heads d_model d_head -> batch pos n_heads d_head"
-                )
-                + bias
-            )
-            return out
+            per_head = "batch pos n_heads d_model, n_heads d_model d_head -> batch pos n_heads d_head"
+            return einops.einsum(normed, weight, per_head) + bias
 
-        return hook
+        return lambda act, point: self.replace_rows(act, receivers, heads)
 
     def on_mlp_input(self, layer: int) -> Callable[[Tensor, HookPoint], Tensor | None]:
         receivers = [self.graph.receivers.index(f"MLP{layer}")]
+        block = self.model.blocks[layer]
 
-        def hook(act: Tensor, point: HookPoint) -> Tensor | None:
-            found = self.correction(receivers)
-            if found is None:
-                return None
-            rows, delta = found
+        def pre(rows: Tensor, delta: Tensor) -> Tensor:
             assert self.carrier is not None
-            block = self.model.blocks[layer]
-            out = act.clone()
-            out[rows] = block.mlp.linear_in(block.ln2(self.carrier[rows] + delta[:, :, 0]))
-            return out
+            return block.mlp.linear_in(block.ln2(self.carrier[rows] + delta[:, :, 0]))
 
-        return hook
+        return lambda act, point: self.replace_rows(act, receivers, pre)
 
     def on_logits_input(self, act: Tensor, hook: HookPoint) -> Tensor | None:
-        found = self.correction([len(self.graph.receivers) - 1])
-        if found is None:
-            return None
-        rows, delta = found
-        out = act.clone()
-        out[rows] += delta[:, :, 0]
-        return out
+        return self.replace_rows(act, [len(self.graph.receivers) - 1], lambda rows, delta: act[rows] + delta[:, :, 0])
 
 
 def run_edges(

@@ -17,16 +17,10 @@ def random_model(**overrides) -> Transformer:
     return Transformer(TransformerConfig(**cfg)).eval()
 
 
-def previous_token_model(n_ctx: int = 8, d_vocab: int = 8, strength: float = 60.0) -> Transformer:
-    """1 attention-only layer, no LayerNorm; head 0 attends from each position to the one before it.
-
-    Positions are one-hot in dims [0, n_ctx), tokens one-hot in [n_ctx, n_ctx + d_vocab); head 0's
-    query at i is e_i and its key at j is e_{j+1}, so only j = i - 1 scores high. Head 0 copies the
-    previous token's one-hot to the output, which W_U reads, so the model predicts "the previous token".
-    """
-    d_model = n_ctx + d_vocab
+def blank_attention_model(n_layers: int, d_model: int, d_vocab: int, n_ctx: int) -> Transformer:
+    """An attention-only model without LayerNorm, two heads of d_head = d_model, every weight zero: set by hand."""
     cfg = TransformerConfig(
-        n_layers=1,
+        n_layers=n_layers,
         d_model=d_model,
         n_heads=2,
         d_head=d_model,
@@ -39,6 +33,18 @@ def previous_token_model(n_ctx: int = 8, d_vocab: int = 8, strength: float = 60.
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
+    return model
+
+
+def previous_token_model(n_ctx: int = 8, d_vocab: int = 8, strength: float = 60.0) -> Transformer:
+    """1 attention-only layer, no LayerNorm; head 0 attends from each position to the one before it.
+
+    Positions are one-hot in dims [0, n_ctx), tokens one-hot in [n_ctx, n_ctx + d_vocab); head 0's
+    query at i is e_i and its key at j is e_{j+1}, so only j = i - 1 scores high. Head 0 copies the
+    previous token's one-hot to the output, which W_U reads, so the model predicts "the previous token".
+    """
+    model = blank_attention_model(1, n_ctx + d_vocab, d_vocab, n_ctx)
+    with torch.no_grad():
         model.pos_embed.weight[:, :n_ctx] = torch.eye(n_ctx)
         model.embed.weight[:, n_ctx:] = torch.eye(d_vocab)
         attn = model.blocks[0].attn
@@ -64,22 +70,9 @@ def induction_model(n_ctx: int = 16, d_vocab: int = 8, strength: float = 30.0) -
     embed -> L1H0.v and L1H0 -> logits (positions never differ between prompts of one length).
     """
     P, T, R, O = 0, n_ctx, n_ctx + d_vocab, n_ctx + 2 * d_vocab
-    d_model = n_ctx + 3 * d_vocab
-    cfg = TransformerConfig(
-        n_layers=2,
-        d_model=d_model,
-        n_heads=2,
-        d_head=d_model,
-        d_vocab=d_vocab,
-        n_ctx=n_ctx,
-        attn_only=True,
-        normalization=None,
-    )
-    model = Transformer(cfg).eval()
+    model = blank_attention_model(2, n_ctx + 3 * d_vocab, d_vocab, n_ctx)
     eye = torch.eye(d_vocab)
     with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
         model.pos_embed.weight[:, P : P + n_ctx] = torch.eye(n_ctx)
         model.embed.weight[:, T : T + d_vocab] = eye
         first, second = model.blocks[0].attn, model.blocks[1].attn
